@@ -1,0 +1,17 @@
+//! A counter written with the async interface: `up` and `down` change it, and it reports
+//! `value=N` after each change. Other messages are ignored.
+use wasmbox::prelude::*;
+
+#[wasmbox]
+async fn run(ctx: WasmBoxContext<String, String>) {
+    let mut c = 0;
+    loop {
+        let message = ctx.next().await;
+        match message.as_ref() {
+            "up" => c += 1,
+            "down" => c -= 1,
+            _ => continue,
+        }
+        ctx.send(format!("value={}", c));
+    }
+}

@@ -1,0 +1,153 @@
+//! The errors of the host library.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in a WasmBox host. Nothing a guest or a file does panics the
+/// host: it ends up as one of these.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bytes are not a valid WebAssembly module.
+    #[error("not a valid WebAssembly module: {0}")]
+    InvalidModule(String),
+    /// The module is valid WebAssembly but not a WasmBox guest (missing or mistyped exports,
+    /// unknown imports, unsupported features).
+    #[error("not a WasmBox guest: {0}")]
+    NotAGuest(String),
+    /// The guest was built against another version of the WasmBox ABI.
+    #[error("the guest uses WasmBox ABI version {found}, this host speaks version {expected}: rebuild the guest against this version of the `wasmbox` crate")]
+    AbiVersion {
+        /// The guest's version.
+        found: u32,
+        /// The host's version.
+        expected: u32,
+    },
+    /// wasmtime could not compile or instantiate the module.
+    #[error("wasmtime: {0}")]
+    Wasmtime(String),
+    /// The guest panicked; `message` is its panic text, with the location.
+    #[error("the guest panicked: {message}")]
+    GuestPanicked {
+        /// The panic message as the guest formatted it, e.g. `panicked at src/lib.rs:3:5: ...`.
+        message: String,
+    },
+    /// The guest trapped (out-of-bounds access, division by zero, stack overflow, ...).
+    #[error("the guest trapped: {message}")]
+    GuestTrapped {
+        /// The kind of trap, when wasmtime names one.
+        trap: Option<wasmtime::Trap>,
+        /// wasmtime's description, with the guest backtrace when available.
+        message: String,
+    },
+    /// The guest exited through WASI `proc_exit`.
+    #[error("the guest exited with status {0}")]
+    GuestExited(i32),
+    /// A limit set on the box was exceeded.
+    #[error("the guest exceeded its {limit} limit")]
+    LimitExceeded {
+        /// Which limit.
+        limit: crate::LimitKind,
+    },
+    /// The box is unusable since an earlier failure; restore a snapshot to heal it.
+    #[error("the box is poisoned by an earlier failure ({cause}); restore a snapshot to use it again")]
+    Poisoned {
+        /// What poisoned it.
+        cause: String,
+    },
+    /// The input could not be encoded.
+    #[error("could not encode the input: {0}")]
+    InputEncode(#[source] bincode::Error),
+    /// The guest could not decode the input as its `Input` type: host and guest disagree on
+    /// the message type.
+    #[error("the guest could not decode the message as its Input type (do the host's and the guest's message types match?)")]
+    InputRejected,
+    /// The guest sent bytes that do not decode as the host's `Output` type.
+    #[error("the guest sent an output that does not decode as the host's Output type: {0}")]
+    OutputDecode(#[source] bincode::Error),
+    /// A message or output is larger than the box's message size limit.
+    #[error("a message of {len} bytes exceeds the limit of {max} bytes")]
+    MessageTooLarge {
+        /// Its size.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The guest's async `run` function has returned, so it takes no more messages.
+    #[error("the guest's run function has returned; it takes no more messages")]
+    GuestFinished,
+    /// The guest passed the host a pointer and length outside its memory, or misbehaved in
+    /// another way the ABI forbids.
+    #[error("the guest broke the WasmBox ABI: {0}")]
+    GuestAbi(String),
+    /// A snapshot could not be used; the box is unchanged.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+}
+
+/// Why a snapshot was refused. In every case the box it was offered to is left as it was.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// The file does not start with the WasmBox snapshot magic bytes.
+    #[error("not a WasmBox snapshot file (wrong magic bytes)")]
+    NotASnapshot,
+    /// The file is shorter than its header says.
+    #[error("the snapshot file is truncated: {found} bytes where {expected} were expected")]
+    Truncated {
+        /// Bytes present.
+        found: u64,
+        /// Bytes the header announces.
+        expected: u64,
+    },
+    /// The file has bytes after the end its header announces.
+    #[error("the snapshot file has {extra} unexpected bytes after its end")]
+    TrailingBytes {
+        /// How many.
+        extra: u64,
+    },
+    /// The content does not match its checksum: the file is damaged.
+    #[error("the snapshot file is damaged: checksum {found:08x} does not match the recorded {expected:08x}")]
+    Checksum {
+        /// Recorded in the header.
+        expected: u32,
+        /// Computed over the content.
+        found: u32,
+    },
+    /// The snapshot's format version is not one this host reads.
+    #[error("snapshot format version {found} is not supported (this host reads version {supported})")]
+    Version {
+        /// The snapshot's version.
+        found: u32,
+        /// The version this host reads.
+        supported: u32,
+    },
+    /// The snapshot was taken from another module.
+    #[error("the snapshot belongs to another module (fingerprint {found}, this box runs {expected})")]
+    WrongModule {
+        /// Fingerprint of this box's module.
+        expected: String,
+        /// Fingerprint recorded in the snapshot.
+        found: String,
+    },
+    /// The snapshot's memory is larger than this box may hold.
+    #[error("the snapshot needs {pages} pages of memory, more than this box's limit of {max_pages}")]
+    TooLarge {
+        /// Pages the snapshot needs.
+        pages: u64,
+        /// Pages the box may have.
+        max_pages: u64,
+    },
+    /// The content decodes, but is not consistent (e.g. memory chunks outside the memory,
+    /// globals that do not match the module), or does not decode at all.
+    #[error("the snapshot is malformed: {0}")]
+    Malformed(String),
+}

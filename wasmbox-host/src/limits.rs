@@ -1,0 +1,120 @@
+//! Limits on what a box may use. They are recorded in every snapshot, so a restored box keeps
+//! the limits it ran under.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::time::Duration;
+
+/// How often the engine's epoch advances; deadlines are enforced with this granularity.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Limits on one box. All are optional; [`Limits::default`] documents the defaults.
+///
+/// ```
+/// use std::time::Duration;
+/// let limits = wasmbox_host::Limits {
+///     fuel_per_message: Some(50_000_000),
+///     deadline_per_message: Some(Duration::from_millis(200)),
+///     ..Default::default()
+/// };
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// WebAssembly instructions (wasmtime "fuel") one guest call may execute: one message, or
+    /// the guest's initialisation. Deterministic: the same message runs out at the same point
+    /// every time. Default: `None` (no limit).
+    pub fuel_per_message: Option<u64>,
+    /// Wall-clock time one guest call may take, enforced within a few milliseconds. Default:
+    /// 10 seconds, so that a runaway loop cannot hang the host.
+    pub deadline_per_message: Option<Duration>,
+    /// Largest linear memory the guest may grow to, in bytes. A guest trying to grow further
+    /// traps. Default: 1 GiB (the wasm32 maximum is 4 GiB).
+    pub max_memory_bytes: u64,
+    /// Largest encoded message in either direction, in bytes. Default: 64 MiB.
+    pub max_message_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel_per_message: None,
+            deadline_per_message: Some(Duration::from_secs(10)),
+            max_memory_bytes: 1 << 30,
+            max_message_bytes: 64 << 20,
+        }
+    }
+}
+
+impl Limits {
+    /// No limits at all (apart from what wasm32 itself allows).
+    pub fn unlimited() -> Limits {
+        Limits {
+            fuel_per_message: None,
+            deadline_per_message: None,
+            max_memory_bytes: 1 << 32,
+            max_message_bytes: u64::MAX,
+        }
+    }
+
+    /// The memory limit in 64 KiB pages.
+    pub fn max_memory_pages(&self) -> u64 {
+        self.max_memory_bytes / crate::PAGE_SIZE
+    }
+
+    /// Epoch ticks for the deadline, or `u64::MAX`.
+    pub(crate) fn deadline_ticks(&self) -> u64 {
+        match self.deadline_per_message {
+            Some(d) => (d.as_nanos() / EPOCH_TICK.as_nanos()) as u64 + 1,
+            None => u64::MAX,
+        }
+    }
+}
+
+/// Which limit a guest ran into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LimitKind {
+    /// [`Limits::fuel_per_message`].
+    Fuel,
+    /// [`Limits::deadline_per_message`].
+    Deadline,
+    /// [`Limits::max_memory_bytes`].
+    Memory,
+    /// [`Limits::max_message_bytes`].
+    MessageSize,
+}
+
+impl fmt::Display for LimitKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LimitKind::Fuel => "fuel (instructions per message)",
+            LimitKind::Deadline => "time per message",
+            LimitKind::Memory => "memory size",
+            LimitKind::MessageSize => "message size",
+        })
+    }
+}
+
+/// Enforces [`Limits::max_memory_bytes`] and records that the guest ran into it.
+#[derive(Debug)]
+pub(crate) struct Limiter {
+    pub max_memory_bytes: u64,
+    pub hit: bool,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired as u64 > self.max_memory_bytes {
+            self.hit = true;
+            return Err(wasmtime::Error::msg(format!(
+                "memory limit: the guest tried to grow its memory to {desired} bytes, more than the limit of {}",
+                self.max_memory_bytes
+            )));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 20)
+    }
+}

@@ -1,0 +1,3 @@
+//! Everything a guest needs: `use wasmbox::prelude::*;`.
+
+pub use crate::{WasmBox, WasmBoxContext, wasmbox, wasmbox_sync};
