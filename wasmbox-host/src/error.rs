@@ -24,7 +24,9 @@ pub enum Error {
     #[error("not a WasmBox guest: {0}")]
     NotAGuest(String),
     /// The guest was built against another version of the WasmBox ABI.
-    #[error("the guest uses WasmBox ABI version {found}, this host speaks version {expected}: rebuild the guest against this version of the `wasmbox` crate")]
+    #[error(
+        "the guest uses WasmBox ABI version {found}, this host speaks version {expected}: rebuild the guest against this version of the `wasmbox` crate"
+    )]
     AbiVersion {
         /// The guest's version.
         found: u32,
@@ -58,7 +60,9 @@ pub enum Error {
         limit: crate::LimitKind,
     },
     /// The box is unusable since an earlier failure; restore a snapshot to heal it.
-    #[error("the box is poisoned by an earlier failure ({cause}); restore a snapshot to use it again")]
+    #[error(
+        "the box is poisoned by an earlier failure ({cause}); restore a snapshot to use it again"
+    )]
     Poisoned {
         /// What poisoned it.
         cause: String,
@@ -68,7 +72,9 @@ pub enum Error {
     InputEncode(#[source] bincode::Error),
     /// The guest could not decode the input as its `Input` type: host and guest disagree on
     /// the message type.
-    #[error("the guest could not decode the message as its Input type (do the host's and the guest's message types match?)")]
+    #[error(
+        "the guest could not decode the message as its Input type (do the host's and the guest's message types match?)"
+    )]
     InputRejected,
     /// The guest sent bytes that do not decode as the host's `Output` type.
     #[error("the guest sent an output that does not decode as the host's Output type: {0}")]
@@ -115,7 +121,9 @@ pub enum SnapshotError {
         extra: u64,
     },
     /// The content does not match its checksum: the file is damaged.
-    #[error("the snapshot file is damaged: checksum {found:08x} does not match the recorded {expected:08x}")]
+    #[error(
+        "the snapshot file is damaged: checksum {found:08x} does not match the recorded {expected:08x}"
+    )]
     Checksum {
         /// Recorded in the header.
         expected: u32,
@@ -123,7 +131,9 @@ pub enum SnapshotError {
         found: u32,
     },
     /// The snapshot's format version is not one this host reads.
-    #[error("snapshot format version {found} is not supported (this host reads version {supported})")]
+    #[error(
+        "snapshot format version {found} is not supported (this host reads version {supported})"
+    )]
     Version {
         /// The snapshot's version.
         found: u32,
@@ -131,7 +141,9 @@ pub enum SnapshotError {
         supported: u32,
     },
     /// The snapshot was taken from another module.
-    #[error("the snapshot belongs to another module (fingerprint {found}, this box runs {expected})")]
+    #[error(
+        "the snapshot belongs to another module (fingerprint {found}, this box runs {expected})"
+    )]
     WrongModule {
         /// Fingerprint of this box's module.
         expected: String,
@@ -139,7 +151,9 @@ pub enum SnapshotError {
         found: String,
     },
     /// The snapshot's memory is larger than this box may hold.
-    #[error("the snapshot needs {pages} pages of memory, more than this box's limit of {max_pages}")]
+    #[error(
+        "the snapshot needs {pages} pages of memory, more than this box's limit of {max_pages}"
+    )]
     TooLarge {
         /// Pages the snapshot needs.
         pages: u64,

@@ -7,10 +7,10 @@
 //! memory. Nothing else changes: the functions, data and indices stay as they were.
 
 use crate::error::Error;
+use serde::{Deserialize, Serialize};
 use std::ops::Range;
 use wasm_encoder::reencode::{self, Reencode};
 use wasmbox::abi;
-use serde::{Deserialize, Serialize};
 use wasmparser::{ExternalKind, Parser, Payload, TypeRef, ValType};
 
 /// What the host needs to know about a module, found while instrumenting it.
@@ -49,7 +49,10 @@ pub(crate) fn instrument(wasm: &[u8]) -> Result<(Vec<u8>, ModuleInfo), Error> {
     let mut data_ranges = Vec::new();
     for payload in Parser::new(0).parse_all(wasm) {
         match payload.map_err(invalid)? {
-            Payload::Version { encoding: wasmparser::Encoding::Component, .. } => {
+            Payload::Version {
+                encoding: wasmparser::Encoding::Component,
+                ..
+            } => {
                 return Err(Error::NotAGuest(
                     "this is a WebAssembly component; WasmBox runs core modules built for wasm32-wasip1".into(),
                 ));
@@ -111,7 +114,11 @@ pub(crate) fn instrument(wasm: &[u8]) -> Result<(Vec<u8>, ModuleInfo), Error> {
     let memory = match memories.as_slice() {
         [memory] => *memory,
         [] => return Err(Error::NotAGuest("the module defines no memory".into())),
-        _ => return Err(Error::NotAGuest("the module defines more than one memory".into())),
+        _ => {
+            return Err(Error::NotAGuest(
+                "the module defines more than one memory".into(),
+            ));
+        }
     };
     if memory.memory64 || memory.shared {
         return Err(Error::NotAGuest(
@@ -120,10 +127,17 @@ pub(crate) fn instrument(wasm: &[u8]) -> Result<(Vec<u8>, ModuleInfo), Error> {
     }
     let taken = |name: &str| exports.iter().any(|(n, _, _)| n == name);
     let mut added = Vec::new();
-    let memory_export = match exports.iter().find(|(_, kind, index)| *kind == ExternalKind::Memory && *index == 0) {
+    let memory_export = match exports
+        .iter()
+        .find(|(_, kind, index)| *kind == ExternalKind::Memory && *index == 0)
+    {
         Some((name, _, _)) => name.clone(),
         None => {
-            let name = if taken(abi::EXPORT_MEMORY) { "__wasmbox_memory" } else { abi::EXPORT_MEMORY };
+            let name = if taken(abi::EXPORT_MEMORY) {
+                "__wasmbox_memory"
+            } else {
+                abi::EXPORT_MEMORY
+            };
             added.push((name.to_string(), wasm_encoder::ExportKind::Memory, 0));
             name.to_string()
         }
@@ -136,7 +150,9 @@ pub(crate) fn instrument(wasm: &[u8]) -> Result<(Vec<u8>, ModuleInfo), Error> {
         let index = imported_globals + i as u32;
         let export = format!("__wasmbox_global_{index}");
         if taken(&export) {
-            return Err(Error::NotAGuest(format!("the module already exports a `{export}`")));
+            return Err(Error::NotAGuest(format!(
+                "the module already exports a `{export}`"
+            )));
         }
         added.push((export.clone(), wasm_encoder::ExportKind::Global, index));
         let ty = match ty.content_type {
@@ -242,8 +258,10 @@ impl Reencode for AddExports {
         use wasm_encoder::SectionId as S;
         // The export section goes before the start, element, data-count, code and data
         // sections: emit ours just before the first of those if the module had none.
-        let after_exports =
-            matches!(before, None | Some(S::Start | S::Element | S::DataCount | S::Code | S::Data));
+        let after_exports = matches!(
+            before,
+            None | Some(S::Start | S::Element | S::DataCount | S::Code | S::Data)
+        );
         if !self.done && after_exports {
             let mut exports = wasm_encoder::ExportSection::new();
             self.append(&mut exports);
@@ -273,7 +291,11 @@ mod tests {
         let names: Vec<String> = Parser::new(0)
             .parse_all(&out)
             .filter_map(|p| match p.unwrap() {
-                Payload::ExportSection(s) => Some(s.into_iter().map(|e| e.unwrap().name.to_string()).collect::<Vec<_>>()),
+                Payload::ExportSection(s) => Some(
+                    s.into_iter()
+                        .map(|e| e.unwrap().name.to_string())
+                        .collect::<Vec<_>>(),
+                ),
                 _ => None,
             })
             .flatten()
@@ -289,6 +311,9 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        assert!(matches!(instrument(b"not wasm at all"), Err(Error::InvalidModule(_))));
+        assert!(matches!(
+            instrument(b"not wasm at all"),
+            Err(Error::InvalidModule(_))
+        ));
     }
 }

@@ -113,7 +113,10 @@ pub struct WasmBoxBuilder<In = String, Out = String> {
 
 impl<In, Out> std::fmt::Debug for WasmBoxBuilder<In, Out> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WasmBoxBuilder").field("module", &self.module).field("options", &self.options).finish()
+        f.debug_struct("WasmBoxBuilder")
+            .field("module", &self.module)
+            .field("options", &self.options)
+            .finish()
     }
 }
 
@@ -156,7 +159,10 @@ impl<In, Out: DeserializeOwned> WasmBoxBuilder<In, Out> {
         F: FnMut(Out) + Send + 'static,
     {
         let mut live = Live::new(&self.module, &self.options)?;
-        live.store.data_mut().clock.set_millis(self.options.start_millis);
+        live.store
+            .data_mut()
+            .clock
+            .set_millis(self.options.start_millis);
         let mut host = WasmBoxHost::from_live(self, live, Box::new(callback));
         host.guest_call(|live| live.init.call(&mut live.store, ()))?;
         host.deliver_outputs()?;
@@ -182,28 +188,6 @@ impl<In, Out> WasmBoxHost<In, Out>
 where
     Out: DeserializeOwned,
 {
-    /// Loads a `.wasm` guest and starts a box of it.
-    ///
-    /// # Errors
-    /// See [`WasmBoxModule::from_file`] and [`WasmBoxBuilder::build`].
-    pub fn from_wasm_file<F>(path: impl AsRef<Path>, callback: F) -> Result<Self, Error>
-    where
-        F: FnMut(Out) + Send + 'static,
-    {
-        Self::new(&WasmBoxModule::from_file(path)?, callback)
-    }
-
-    /// Loads a guest from the bytes of a `.wasm` module and starts a box of it.
-    ///
-    /// # Errors
-    /// See [`WasmBoxModule::from_bytes`] and [`WasmBoxBuilder::build`].
-    pub fn from_wasm_bytes<F>(wasm: &[u8], callback: F) -> Result<Self, Error>
-    where
-        F: FnMut(Out) + Send + 'static,
-    {
-        Self::new(&WasmBoxModule::from_bytes(wasm)?, callback)
-    }
-
     /// Starts a box of an already compiled module with default settings.
     ///
     /// # Errors
@@ -229,7 +213,11 @@ where
         }
     }
 
-    fn from_live(builder: WasmBoxBuilder<In, Out>, live: Live, callback: Box<dyn FnMut(Out) + Send>) -> Self {
+    fn from_live(
+        builder: WasmBoxBuilder<In, Out>,
+        live: Live,
+        callback: Box<dyn FnMut(Out) + Send>,
+    ) -> Self {
         WasmBoxHost {
             module: builder.module,
             live,
@@ -274,8 +262,12 @@ where
             Some(Status::Ok) => self.deliver_outputs(),
             Some(Status::InputDecode) => Err(Error::InputRejected),
             Some(Status::Finished) => Err(Error::GuestFinished),
-            Some(Status::NotInitialised) => Err(Error::GuestAbi("the guest says it was never initialised".into())),
-            None => Err(Error::GuestAbi("the message export returned an unknown status code".into())),
+            Some(Status::NotInitialised) => Err(Error::GuestAbi(
+                "the guest says it was never initialised".into(),
+            )),
+            None => Err(Error::GuestAbi(
+                "the message export returned an unknown status code".into(),
+            )),
         }
     }
 
@@ -382,7 +374,9 @@ where
 
     fn check_usable(&self) -> Result<(), Error> {
         match &self.poisoned {
-            Some(cause) => Err(Error::Poisoned { cause: cause.clone() }),
+            Some(cause) => Err(Error::Poisoned {
+                cause: cause.clone(),
+            }),
             None => Ok(()),
         }
     }
@@ -399,7 +393,10 @@ where
                 pages: data.len() as u64 / PAGE_SIZE,
                 chunks: snapshot::nonzero_runs(data)
                     .into_iter()
-                    .map(|(offset, bytes)| MemoryChunk { offset, bytes: bytes.to_vec() })
+                    .map(|(offset, bytes)| MemoryChunk {
+                        offset,
+                        bytes: bytes.to_vec(),
+                    })
                     .collect(),
             },
             globals,
@@ -411,11 +408,16 @@ where
 
     /// Runs a guest call under the box's limits and turns a failure into an error, poisoning
     /// the box (or rolling it back).
-    fn guest_call<R>(&mut self, f: impl FnOnce(&mut Live) -> wasmtime::Result<R>) -> Result<R, Error> {
+    fn guest_call<R>(
+        &mut self,
+        f: impl FnOnce(&mut Live) -> wasmtime::Result<R>,
+    ) -> Result<R, Error> {
         let limits = self.options.limits;
         let live = &mut self.live;
         // Fuel is always on in the engine; "no limit" is all the fuel there is.
-        let _ = live.store.set_fuel(limits.fuel_per_message.unwrap_or(u64::MAX));
+        let _ = live
+            .store
+            .set_fuel(limits.fuel_per_message.unwrap_or(u64::MAX));
         live.store.set_epoch_deadline(limits.deadline_ticks());
         let state = live.store.data_mut();
         state.outbox.clear();
@@ -432,7 +434,8 @@ where
                 match self.last_good.take() {
                     Some(good) if self.options.rollback_on_trap => {
                         if let Err(restore_error) = self.restore_snapshot(&good) {
-                            self.poisoned = Some(format!("{error}; rolling back failed: {restore_error}"));
+                            self.poisoned =
+                                Some(format!("{error}; rolling back failed: {restore_error}"));
                         }
                     }
                     _ => self.poisoned = Some(error.to_string()),
@@ -463,21 +466,59 @@ where
     }
 }
 
+impl<Out: DeserializeOwned> WasmBoxHost<String, Out> {
+    /// Loads a `.wasm` guest whose input is a `String` and starts a box of it: the one-line
+    /// path. For other input types, or many boxes of one module, load a [`WasmBoxModule`]
+    /// once and use [`WasmBoxHost::new`] or [`WasmBoxHost::builder`]. (The input type is
+    /// fixed here so that `message("text")` needs no type annotation, as `HashMap::new` fixes
+    /// its hasher.)
+    ///
+    /// # Errors
+    /// See [`WasmBoxModule::from_file`] and [`WasmBoxBuilder::build`].
+    pub fn from_wasm_file<F>(path: impl AsRef<Path>, callback: F) -> Result<Self, Error>
+    where
+        F: FnMut(Out) + Send + 'static,
+    {
+        Self::new(&WasmBoxModule::from_file(path)?, callback)
+    }
+
+    /// Loads a guest from the bytes of a `.wasm` module and starts a box of it.
+    ///
+    /// # Errors
+    /// See [`WasmBoxModule::from_bytes`] and [`WasmBoxBuilder::build`].
+    pub fn from_wasm_bytes<F>(wasm: &[u8], callback: F) -> Result<Self, Error>
+    where
+        F: FnMut(Out) + Send + 'static,
+    {
+        Self::new(&WasmBoxModule::from_bytes(wasm)?, callback)
+    }
+}
+
 /// Turns a failed guest call into the most specific error.
 fn classify(e: wasmtime::Error, state: &mut BoxState) -> Error {
     if let Some(error) = state.abi_violation.take() {
         return error;
     }
     if state.limiter.hit {
-        return Error::LimitExceeded { limit: LimitKind::Memory };
+        return Error::LimitExceeded {
+            limit: LimitKind::Memory,
+        };
     }
     if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
         return Error::GuestExited(exit.0);
     }
     let trap = e.downcast_ref::<Trap>().copied();
     match trap {
-        Some(Trap::OutOfFuel) => return Error::LimitExceeded { limit: LimitKind::Fuel },
-        Some(Trap::Interrupt) => return Error::LimitExceeded { limit: LimitKind::Deadline },
+        Some(Trap::OutOfFuel) => {
+            return Error::LimitExceeded {
+                limit: LimitKind::Fuel,
+            };
+        }
+        Some(Trap::Interrupt) => {
+            return Error::LimitExceeded {
+                limit: LimitKind::Deadline,
+            };
+        }
         _ => {}
     }
     if let Some(message) = state.panic_message.take() {
@@ -501,7 +542,9 @@ impl Live {
         store.set_epoch_deadline(options.limits.deadline_ticks());
         let instance = inner.pre.instantiate(&mut store).map_err(|e| {
             if store.data().limiter.hit {
-                Error::LimitExceeded { limit: LimitKind::Memory }
+                Error::LimitExceeded {
+                    limit: LimitKind::Memory,
+                }
             } else {
                 Error::Wasmtime(format!("instantiation failed: {e:#}"))
             }
@@ -511,25 +554,38 @@ impl Live {
             .ok_or_else(|| Error::NotAGuest("the module's memory export is missing".into()))?;
         store.data_mut().memory = Some(memory);
         let missing = |e: wasmtime::Error| Error::NotAGuest(format!("{e:#}"));
-        let version = instance.get_typed_func::<(), u32>(&mut store, abi::EXPORT_ABI_VERSION).map_err(missing)?;
-        let found = version.call(&mut store, ()).map_err(|e| classify(e, store.data_mut()))?;
+        let version = instance
+            .get_typed_func::<(), u32>(&mut store, abi::EXPORT_ABI_VERSION)
+            .map_err(missing)?;
+        let found = version
+            .call(&mut store, ())
+            .map_err(|e| classify(e, store.data_mut()))?;
         if found != abi::ABI_VERSION {
-            return Err(Error::AbiVersion { found, expected: abi::ABI_VERSION });
+            return Err(Error::AbiVersion {
+                found,
+                expected: abi::ABI_VERSION,
+            });
         }
         let globals = inner
             .info
             .mutable_globals
             .iter()
             .map(|g| {
-                instance
-                    .get_global(&mut store, &g.export)
-                    .ok_or_else(|| Error::NotAGuest(format!("global export `{}` is missing", g.export)))
+                instance.get_global(&mut store, &g.export).ok_or_else(|| {
+                    Error::NotAGuest(format!("global export `{}` is missing", g.export))
+                })
             })
             .collect::<Result<_, _>>()?;
         Ok(Live {
-            init: instance.get_typed_func(&mut store, abi::EXPORT_INIT).map_err(missing)?,
-            input_buffer: instance.get_typed_func(&mut store, abi::EXPORT_INPUT_BUFFER).map_err(missing)?,
-            message: instance.get_typed_func(&mut store, abi::EXPORT_MESSAGE).map_err(missing)?,
+            init: instance
+                .get_typed_func(&mut store, abi::EXPORT_INIT)
+                .map_err(missing)?,
+            input_buffer: instance
+                .get_typed_func(&mut store, abi::EXPORT_INPUT_BUFFER)
+                .map_err(missing)?,
+            message: instance
+                .get_typed_func(&mut store, abi::EXPORT_MESSAGE)
+                .map_err(missing)?,
             store,
             memory,
             globals,
@@ -539,17 +595,23 @@ impl Live {
 
     /// A fresh instance holding exactly the snapshot's state. Everything is checked before the
     /// instance is made, so an error leaves no trace.
-    fn restored(module: &WasmBoxModule, options: &BoxOptions, snapshot: &Snapshot) -> Result<Live, Error> {
+    fn restored(
+        module: &WasmBoxModule,
+        options: &BoxOptions,
+        snapshot: &Snapshot,
+    ) -> Result<Live, Error> {
         check_snapshot(module, &options.limits, snapshot)?;
         let mut live = Live::new(module, options)?;
         let current_pages = live.memory.size(&live.store);
         if snapshot.memory.pages > current_pages {
-            live.memory.grow(&mut live.store, snapshot.memory.pages - current_pages).map_err(|e| {
-                Error::Snapshot(SnapshotError::Malformed(format!(
-                    "the memory cannot grow to {} pages: {e:#}",
-                    snapshot.memory.pages
-                )))
-            })?;
+            live.memory
+                .grow(&mut live.store, snapshot.memory.pages - current_pages)
+                .map_err(|e| {
+                    Error::Snapshot(SnapshotError::Malformed(format!(
+                        "the memory cannot grow to {} pages: {e:#}",
+                        snapshot.memory.pages
+                    )))
+                })?;
         }
         let data = live.memory.data_mut(&mut live.store);
         // The fresh instance's memory is zero except where data segments were written.
@@ -574,9 +636,12 @@ impl Live {
                 Value::F64(v) => Val::F64(v),
                 Value::V128(v) => Val::V128(v.into()),
             };
-            global
-                .set(&mut live.store, value)
-                .map_err(|e| Error::Snapshot(SnapshotError::Malformed(format!("global {}: {e:#}", saved.index))))?;
+            global.set(&mut live.store, value).map_err(|e| {
+                Error::Snapshot(SnapshotError::Malformed(format!(
+                    "global {}: {e:#}",
+                    saved.index
+                )))
+            })?;
         }
         let state = live.store.data_mut();
         state.clock = snapshot.clock;
@@ -597,9 +662,15 @@ impl Live {
             }
         };
         let start = ptr as usize;
-        let Some(dst) = self.memory.data_mut(&mut self.store).get_mut(start..start + bytes.len()) else {
+        let Some(dst) = self
+            .memory
+            .data_mut(&mut self.store)
+            .get_mut(start..start + bytes.len())
+        else {
             self.input = None;
-            let e = Error::GuestAbi(format!("input_buffer returned {ptr:#x}, which cannot hold {len} bytes"));
+            let e = Error::GuestAbi(format!(
+                "input_buffer returned {ptr:#x}, which cannot hold {len} bytes"
+            ));
             let text = e.to_string();
             self.store.data_mut().abi_violation = Some(e);
             return Err(wasmtime::Error::msg(text));
@@ -610,8 +681,7 @@ impl Live {
 
     /// The values of the module's mutable globals.
     fn read_globals(&mut self, module: &WasmBoxModule) -> Vec<GlobalValue> {
-        self
-            .globals
+        self.globals
             .iter()
             .zip(&module.inner.info.mutable_globals)
             .map(|(global, info)| {
@@ -624,16 +694,26 @@ impl Live {
                     // `instrument` refuses modules with reference-typed mutable globals.
                     _ => Value::I32(0),
                 };
-                GlobalValue { index: info.index, value }
+                GlobalValue {
+                    index: info.index,
+                    value,
+                }
             })
             .collect()
     }
 }
 
 /// Checks that `snapshot` belongs to `module`, is consistent, and fits `limits`.
-fn check_snapshot(module: &WasmBoxModule, limits: &Limits, snapshot: &Snapshot) -> Result<(), SnapshotError> {
+fn check_snapshot(
+    module: &WasmBoxModule,
+    limits: &Limits,
+    snapshot: &Snapshot,
+) -> Result<(), SnapshotError> {
     if snapshot.format_version != snapshot::FORMAT_VERSION {
-        return Err(SnapshotError::Version { found: snapshot.format_version, supported: snapshot::FORMAT_VERSION });
+        return Err(SnapshotError::Version {
+            found: snapshot.format_version,
+            supported: snapshot::FORMAT_VERSION,
+        });
     }
     let inner = &module.inner;
     if snapshot.module_fingerprint != inner.fingerprint {
@@ -644,8 +724,13 @@ fn check_snapshot(module: &WasmBoxModule, limits: &Limits, snapshot: &Snapshot) 
     }
     snapshot::check_memory(&snapshot.memory)?;
     let pages = snapshot.memory.pages;
-    let max_pages = limits.max_memory_pages().min(snapshot.limits.max_memory_pages());
-    let max_pages = inner.info.maximum_pages.map_or(max_pages, |m| m.min(max_pages));
+    let max_pages = limits
+        .max_memory_pages()
+        .min(snapshot.limits.max_memory_pages());
+    let max_pages = inner
+        .info
+        .maximum_pages
+        .map_or(max_pages, |m| m.min(max_pages));
     if pages > max_pages {
         return Err(SnapshotError::TooLarge { pages, max_pages });
     }
@@ -669,7 +754,14 @@ fn check_snapshot(module: &WasmBoxModule, limits: &Limits, snapshot: &Snapshot) 
                 )
         });
     if !matches {
-        return Err(SnapshotError::Malformed("its globals do not match the module's".into()));
+        return Err(SnapshotError::Malformed(
+            "its globals do not match the module's".into(),
+        ));
     }
     Ok(())
 }
+
+/// The README's code blocks, compiled and run as doc-tests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -24,7 +24,9 @@ pub struct WasmBoxModule {
 
 impl std::fmt::Debug for WasmBoxModule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WasmBoxModule").field("fingerprint", &self.fingerprint_hex()).finish_non_exhaustive()
+        f.debug_struct("WasmBoxModule")
+            .field("fingerprint", &self.fingerprint_hex())
+            .finish_non_exhaustive()
     }
 }
 
@@ -79,13 +81,15 @@ impl WasmBoxModule {
     pub fn from_bytes_with(wasm: &[u8], options: &ModuleOptions) -> Result<Self, Error> {
         if wasm.starts_with(&PRECOMPILED_MAGIC) {
             return Err(Error::InvalidModule(
-                "this is a precompiled module; load it with WasmBoxModule::from_compiled_file".into(),
+                "this is a precompiled module; load it with WasmBoxModule::from_compiled_file"
+                    .into(),
             ));
         }
         let fingerprint = *blake3::hash(wasm).as_bytes();
         let (instrumented, info) = instrument::instrument(wasm)?;
         let engine = engine(options)?;
-        let module = Module::new(&engine, &instrumented).map_err(|e| Error::InvalidModule(format!("{e:#}")))?;
+        let module = Module::new(&engine, &instrumented)
+            .map_err(|e| Error::InvalidModule(format!("{e:#}")))?;
         Self::finish(engine, module, info, fingerprint)
     }
 
@@ -96,9 +100,15 @@ impl WasmBoxModule {
     /// As [`WasmBoxModule::from_file`], or [`Error::Wasmtime`] if serialising fails.
     pub fn precompile(wasm: &[u8]) -> Result<Vec<u8>, Error> {
         let module = Self::from_bytes(wasm)?;
-        let compiled = module.inner.module.serialize().map_err(|e| Error::Wasmtime(format!("{e:#}")))?;
-        let info = wasmbox::abi::encode(&module.inner.info).map_err(|e| Error::Wasmtime(e.to_string()))?;
-        let mut out = Vec::with_capacity(PRECOMPILED_MAGIC.len() + 36 + info.len() + compiled.len());
+        let compiled = module
+            .inner
+            .module
+            .serialize()
+            .map_err(|e| Error::Wasmtime(format!("{e:#}")))?;
+        let info =
+            wasmbox::abi::encode(&module.inner.info).map_err(|e| Error::Wasmtime(e.to_string()))?;
+        let mut out =
+            Vec::with_capacity(PRECOMPILED_MAGIC.len() + 36 + info.len() + compiled.len());
         out.extend_from_slice(&PRECOMPILED_MAGIC);
         out.extend_from_slice(&module.inner.fingerprint);
         out.extend_from_slice(&(info.len() as u32).to_le_bytes());
@@ -122,28 +132,50 @@ impl WasmBoxModule {
     /// precompiled WasmBox module or was made by an incompatible build.
     pub unsafe fn from_compiled_file(path: impl AsRef<Path>) -> Result<Self, Error> {
         let bytes = read(path.as_ref())?;
-        let not_compiled = || Error::InvalidModule("not a precompiled WasmBox module (wrong magic bytes)".into());
-        let rest = bytes.strip_prefix(&PRECOMPILED_MAGIC).ok_or_else(not_compiled)?;
+        let not_compiled =
+            || Error::InvalidModule("not a precompiled WasmBox module (wrong magic bytes)".into());
+        let rest = bytes
+            .strip_prefix(&PRECOMPILED_MAGIC)
+            .ok_or_else(not_compiled)?;
         let (fingerprint, rest) = rest.split_first_chunk::<32>().ok_or_else(not_compiled)?;
         let (info_len, rest) = rest.split_first_chunk::<4>().ok_or_else(not_compiled)?;
-        let (info, compiled) = rest.split_at_checked(u32::from_le_bytes(*info_len) as usize).ok_or_else(not_compiled)?;
+        let (info, compiled) = rest
+            .split_at_checked(u32::from_le_bytes(*info_len) as usize)
+            .ok_or_else(not_compiled)?;
         let info: ModuleInfo = wasmbox::abi::decode(info).map_err(|_| not_compiled())?;
         let engine = engine(&ModuleOptions::default())?;
         // SAFETY: the caller guarantees that `compiled` was produced by `Module::serialize` of
         // this build (see `# Safety` above); wasmtime checks version and configuration.
-        let module = unsafe { Module::deserialize(&engine, compiled) }
-            .map_err(|e| Error::InvalidModule(format!("the precompiled module cannot be loaded: {e:#}")))?;
+        let module = unsafe { Module::deserialize(&engine, compiled) }.map_err(|e| {
+            Error::InvalidModule(format!("the precompiled module cannot be loaded: {e:#}"))
+        })?;
         Self::finish(engine, module, info, *fingerprint)
     }
 
-    fn finish(engine: Engine, module: Module, info: ModuleInfo, fingerprint: [u8; 32]) -> Result<Self, Error> {
+    fn finish(
+        engine: Engine,
+        module: Module,
+        info: ModuleInfo,
+        fingerprint: [u8; 32],
+    ) -> Result<Self, Error> {
         check_exports(&module)?;
         let mut linker = Linker::new(&engine);
         sandbox::add_to_linker(&mut linker).map_err(|e| Error::Wasmtime(format!("{e:#}")))?;
-        let pre = linker.instantiate_pre(&module).map_err(|e| Error::NotAGuest(format!("{e:#}")))?;
+        let pre = linker
+            .instantiate_pre(&module)
+            .map_err(|e| Error::NotAGuest(format!("{e:#}")))?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         start_ticker(engine.clone(), Arc::clone(&ticker_stop));
-        Ok(WasmBoxModule { inner: Arc::new(ModuleInner { engine, module, pre, info, fingerprint, ticker_stop }) })
+        Ok(WasmBoxModule {
+            inner: Arc::new(ModuleInner {
+                engine,
+                module,
+                pre,
+                info,
+                fingerprint,
+                ticker_stop,
+            }),
+        })
     }
 
     /// The BLAKE3 hash of the original module bytes, which snapshots record.
@@ -158,7 +190,10 @@ impl WasmBoxModule {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
+    std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn engine(options: &ModuleOptions) -> Result<Engine, Error> {
@@ -166,7 +201,9 @@ fn engine(options: &ModuleOptions) -> Result<Engine, Error> {
     config.consume_fuel(true).epoch_interruption(true);
     if let Some(count) = options.pooling {
         let mut pool = wasmtime::PoolingAllocationConfig::default();
-        pool.total_core_instances(count).total_memories(count).total_tables(count);
+        pool.total_core_instances(count)
+            .total_memories(count)
+            .total_tables(count);
         config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
     }
     Engine::new(&config).map_err(|e| Error::Wasmtime(format!("{e:#}")))
@@ -174,12 +211,14 @@ fn engine(options: &ModuleOptions) -> Result<Engine, Error> {
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until `stop` is set.
 fn start_ticker(engine: Engine, stop: Arc<AtomicBool>) {
-    let spawned = std::thread::Builder::new().name("wasmbox-epoch".into()).spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(EPOCH_TICK);
-            engine.increment_epoch();
-        }
-    });
+    let spawned = std::thread::Builder::new()
+        .name("wasmbox-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        });
     // Without the thread deadlines are not enforced, but boxes still work; a process that
     // cannot spawn a thread has bigger problems, which it will report itself.
     drop(spawned);
@@ -204,7 +243,9 @@ fn check_exports(module: &Module) -> Result<(), Error> {
             a.len() == b.len() && a.zip(b).all(|(x, y)| ValType::eq(&x, y))
         };
         if !same(&mut ty.params(), params) || !same(&mut ty.results(), results) {
-            return Err(Error::NotAGuest(format!("the export `{name}` has the wrong signature: {ty}")));
+            return Err(Error::NotAGuest(format!(
+                "the export `{name}` has the wrong signature: {ty}"
+            )));
         }
     }
     Ok(())

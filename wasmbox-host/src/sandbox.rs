@@ -46,7 +46,10 @@ pub struct Clock {
 
 impl Default for Clock {
     fn default() -> Self {
-        Clock { wall_nanos: DEFAULT_START_MILLIS * 1_000_000, monotonic_nanos: 0 }
+        Clock {
+            wall_nanos: DEFAULT_START_MILLIS * 1_000_000,
+            monotonic_nanos: 0,
+        }
     }
 }
 
@@ -55,7 +58,9 @@ impl Clock {
     /// the same amount when that is forward, and stays where it is otherwise.
     pub fn set_millis(&mut self, millis: u64) {
         let wall = millis.saturating_mul(1_000_000);
-        self.monotonic_nanos = self.monotonic_nanos.saturating_add(wall.saturating_sub(self.wall_nanos));
+        self.monotonic_nanos = self
+            .monotonic_nanos
+            .saturating_add(wall.saturating_sub(self.wall_nanos));
         self.wall_nanos = wall;
     }
 
@@ -74,7 +79,9 @@ impl Clock {
     fn read(&self, id: u32) -> Option<u64> {
         match id {
             CLOCK_REALTIME => Some(self.wall_nanos),
-            CLOCK_MONOTONIC | CLOCK_PROCESS_CPUTIME | CLOCK_THREAD_CPUTIME => Some(self.monotonic_nanos),
+            CLOCK_MONOTONIC | CLOCK_PROCESS_CPUTIME | CLOCK_THREAD_CPUTIME => {
+                Some(self.monotonic_nanos)
+            }
             _ => None,
         }
     }
@@ -104,7 +111,10 @@ impl BoxState {
             wasi: no_ambient_wasi(),
             clock: Clock::default(),
             rng: ChaCha20Rng::seed_from_u64(seed),
-            limiter: crate::limits::Limiter { max_memory_bytes: limits.max_memory_bytes, hit: false },
+            limiter: crate::limits::Limiter {
+                max_memory_bytes: limits.max_memory_bytes,
+                hit: false,
+            },
             memory: None,
             outbox: Vec::new(),
             max_output: limits.max_message_bytes,
@@ -157,53 +167,87 @@ impl wasmtime_wasi::HostMonotonicClock for Frozen {
 pub(crate) fn add_to_linker(linker: &mut Linker<BoxState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p1::add_to_linker_sync(linker, |s: &mut BoxState| &mut s.wasi)?;
     linker.allow_shadowing(true);
-    linker.func_wrap(WASI, "clock_time_get", |mut caller: Caller<'_, BoxState>, id: i32, _precision: i64, out: i32| {
-        let Some(now) = caller.data().clock.read(id as u32) else { return ERRNO_INVAL };
-        errno(write_guest(&mut caller, out as u32, &now.to_le_bytes()))
-    })?;
-    linker.func_wrap(WASI, "clock_res_get", |mut caller: Caller<'_, BoxState>, id: i32, out: i32| {
-        if caller.data().clock.read(id as u32).is_none() {
-            return ERRNO_INVAL;
-        }
-        errno(write_guest(&mut caller, out as u32, &1u64.to_le_bytes()))
-    })?;
-    linker.func_wrap(WASI, "random_get", |mut caller: Caller<'_, BoxState>, ptr: i32, len: i32| {
-        let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
-        let Some(memory) = caller.data().memory else { return ERRNO_FAULT };
-        let (data, state) = memory.data_and_store_mut(&mut caller);
-        match data.get_mut(ptr..ptr.saturating_add(len)) {
-            Some(buf) => {
-                state.rng.fill_bytes(buf);
-                ERRNO_SUCCESS
+    linker.func_wrap(
+        WASI,
+        "clock_time_get",
+        |mut caller: Caller<'_, BoxState>, id: i32, _precision: i64, out: i32| {
+            let Some(now) = caller.data().clock.read(id as u32) else {
+                return ERRNO_INVAL;
+            };
+            errno(write_guest(&mut caller, out as u32, &now.to_le_bytes()))
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "clock_res_get",
+        |mut caller: Caller<'_, BoxState>, id: i32, out: i32| {
+            if caller.data().clock.read(id as u32).is_none() {
+                return ERRNO_INVAL;
             }
-            None => ERRNO_FAULT,
-        }
-    })?;
+            errno(write_guest(&mut caller, out as u32, &1u64.to_le_bytes()))
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "random_get",
+        |mut caller: Caller<'_, BoxState>, ptr: i32, len: i32| {
+            let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
+            let Some(memory) = caller.data().memory else {
+                return ERRNO_FAULT;
+            };
+            let (data, state) = memory.data_and_store_mut(&mut caller);
+            match data.get_mut(ptr..ptr.saturating_add(len)) {
+                Some(buf) => {
+                    state.rng.fill_bytes(buf);
+                    ERRNO_SUCCESS
+                }
+                None => ERRNO_FAULT,
+            }
+        },
+    )?;
     linker.func_wrap(WASI, "poll_oneoff", poll_oneoff)?;
     linker.allow_shadowing(false);
 
-    linker.func_wrap(abi::IMPORT_MODULE, abi::IMPORT_SEND, |mut caller: Caller<'_, BoxState>, ptr: u32, len: u32| {
-        let max = caller.data().max_output;
-        if u64::from(len) > max {
-            return Err(violation(&mut caller, crate::Error::MessageTooLarge { len: len.into(), max }));
-        }
-        let bytes = match read_guest(&mut caller, ptr, len) {
-            Some(bytes) => bytes.to_vec(),
-            None => {
-                let e = crate::Error::GuestAbi(format!("send({ptr:#x}, {len}) points outside the guest's memory"));
-                return Err(violation(&mut caller, e));
+    linker.func_wrap(
+        abi::IMPORT_MODULE,
+        abi::IMPORT_SEND,
+        |mut caller: Caller<'_, BoxState>, ptr: u32, len: u32| {
+            let max = caller.data().max_output;
+            if u64::from(len) > max {
+                return Err(violation(
+                    &mut caller,
+                    crate::Error::MessageTooLarge {
+                        len: len.into(),
+                        max,
+                    },
+                ));
             }
-        };
-        caller.data_mut().outbox.push(bytes);
-        Ok(())
-    })?;
-    linker.func_wrap(abi::IMPORT_MODULE, abi::IMPORT_PANIC, |mut caller: Caller<'_, BoxState>, ptr: u32, len: u32| {
-        // Keep at most 64 KiB of panic text.
-        let text = read_guest(&mut caller, ptr, len.min(64 << 10))
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .unwrap_or_else(|| format!("(the panic text at {ptr:#x}+{len} is outside the guest's memory)"));
-        caller.data_mut().panic_message = Some(text);
-    })?;
+            let bytes = match read_guest(&mut caller, ptr, len) {
+                Some(bytes) => bytes.to_vec(),
+                None => {
+                    let e = crate::Error::GuestAbi(format!(
+                        "send({ptr:#x}, {len}) points outside the guest's memory"
+                    ));
+                    return Err(violation(&mut caller, e));
+                }
+            };
+            caller.data_mut().outbox.push(bytes);
+            Ok(())
+        },
+    )?;
+    linker.func_wrap(
+        abi::IMPORT_MODULE,
+        abi::IMPORT_PANIC,
+        |mut caller: Caller<'_, BoxState>, ptr: u32, len: u32| {
+            // Keep at most 64 KiB of panic text.
+            let text = read_guest(&mut caller, ptr, len.min(64 << 10))
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_else(|| {
+                    format!("(the panic text at {ptr:#x}+{len} is outside the guest's memory)")
+                });
+            caller.data_mut().panic_message = Some(text);
+        },
+    )?;
     Ok(())
 }
 
@@ -227,9 +271,14 @@ fn read_guest<'a>(caller: &'a mut Caller<'_, BoxState>, ptr: u32, len: u32) -> O
 
 /// Writes `bytes` at `ptr` in guest memory; false if they do not fit.
 fn write_guest(caller: &mut Caller<'_, BoxState>, ptr: u32, bytes: &[u8]) -> bool {
-    let Some(memory) = caller.data().memory else { return false };
+    let Some(memory) = caller.data().memory else {
+        return false;
+    };
     let ptr = ptr as usize;
-    match memory.data_mut(caller).get_mut(ptr..ptr.saturating_add(bytes.len())) {
+    match memory
+        .data_mut(caller)
+        .get_mut(ptr..ptr.saturating_add(bytes.len()))
+    {
         Some(dst) => {
             dst.copy_from_slice(bytes);
             true
@@ -241,19 +290,31 @@ fn write_guest(caller: &mut Caller<'_, BoxState>, ptr: u32, bytes: &[u8]) -> boo
 /// WASI `poll_oneoff` against the box's clock: the earliest clock subscription fires at once
 /// and the clock advances to it. File descriptor subscriptions are answered at once (stdout
 /// and stderr are always writable; anything else is a bad descriptor), without advancing time.
-fn poll_oneoff(mut caller: Caller<'_, BoxState>, subs: i32, events: i32, nsubs: i32, nevents: i32) -> i32 {
+fn poll_oneoff(
+    mut caller: Caller<'_, BoxState>,
+    subs: i32,
+    events: i32,
+    nsubs: i32,
+    nevents: i32,
+) -> i32 {
     const SUB_SIZE: usize = 48;
     const EVENT_SIZE: usize = 32;
     let nsubs = nsubs as u32;
     if nsubs == 0 || nsubs > MAX_SUBSCRIPTIONS {
         return ERRNO_INVAL;
     }
-    let Some(memory) = caller.data().memory else { return ERRNO_FAULT };
+    let Some(memory) = caller.data().memory else {
+        return ERRNO_FAULT;
+    };
     let (data, state) = memory.data_and_store_mut(&mut caller);
     let (subs, events, n) = (subs as u32 as usize, events as u32 as usize, nsubs as usize);
-    let Some(sub_bytes) = data.get(subs..subs + n * SUB_SIZE) else { return ERRNO_FAULT };
-    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
-    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or_default());
+    let Some(sub_bytes) = data.get(subs..subs + n * SUB_SIZE) else {
+        return ERRNO_FAULT;
+    };
+    let u64_at =
+        |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default());
+    let u32_at =
+        |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or_default());
 
     // (userdata, type, errno) of each event to report.
     let mut fired: Vec<(u64, u8, u16)> = Vec::new();
@@ -262,9 +323,15 @@ fn poll_oneoff(mut caller: Caller<'_, BoxState>, subs: i32, events: i32, nsubs: 
         let userdata = u64_at(sub, 0);
         match sub[8] {
             0 => {
-                let (id, timeout, flags) = (u32_at(sub, 16), u64_at(sub, 24), u16::from_le_bytes([sub[40], sub[41]]));
+                let (id, timeout, flags) = (
+                    u32_at(sub, 16),
+                    u64_at(sub, 24),
+                    u16::from_le_bytes([sub[40], sub[41]]),
+                );
                 match state.clock.read(id) {
-                    Some(now) if flags & 1 == 1 => clocks.push((userdata, timeout.saturating_sub(now))),
+                    Some(now) if flags & 1 == 1 => {
+                        clocks.push((userdata, timeout.saturating_sub(now)))
+                    }
                     Some(_) => clocks.push((userdata, timeout)),
                     None => fired.push((userdata, 0, ERRNO_INVAL as u16)),
                 }
@@ -280,10 +347,17 @@ fn poll_oneoff(mut caller: Caller<'_, BoxState>, subs: i32, events: i32, nsubs: 
     if fired.is_empty() {
         if let Some(wait) = clocks.iter().map(|&(_, wait)| wait).min() {
             state.clock.advance(Duration::from_nanos(wait));
-            fired.extend(clocks.iter().filter(|&&(_, w)| w <= wait).map(|&(userdata, _)| (userdata, 0, 0)));
+            fired.extend(
+                clocks
+                    .iter()
+                    .filter(|&&(_, w)| w <= wait)
+                    .map(|&(userdata, _)| (userdata, 0, 0)),
+            );
         }
     }
-    let Some(out) = data.get_mut(events..events + fired.len() * EVENT_SIZE) else { return ERRNO_FAULT };
+    let Some(out) = data.get_mut(events..events + fired.len() * EVENT_SIZE) else {
+        return ERRNO_FAULT;
+    };
     for (event, &(userdata, kind, err)) in out.chunks_exact_mut(EVENT_SIZE).zip(&fired) {
         event.fill(0);
         event[0..8].copy_from_slice(&userdata.to_le_bytes());

@@ -94,7 +94,12 @@ pub struct MemoryChunk {
 
 impl fmt::Debug for MemoryChunk {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MemoryChunk {{ offset: {:#x}, len: {} }}", self.offset, self.bytes.len())
+        write!(
+            f,
+            "MemoryChunk {{ offset: {:#x}, len: {} }}",
+            self.offset,
+            self.bytes.len()
+        )
     }
 }
 
@@ -162,13 +167,16 @@ pub(crate) fn nonzero_runs(memory: &[u8]) -> Vec<(u64, &[u8])> {
             _ => runs.push((start, chunk.len())),
         }
     }
-    runs.into_iter().map(|(s, len)| (s as u64, &memory[s..s + len])).collect()
+    runs.into_iter()
+        .map(|(s, len)| (s as u64, &memory[s..s + len]))
+        .collect()
 }
 
 fn is_zero(bytes: &[u8]) -> bool {
     // OR each 64-byte block together (vectorised), stopping at the first non-zero block.
     let mut blocks = bytes.chunks_exact(64);
-    blocks.all(|b| b.iter().fold(0u8, |acc, &x| acc | x) == 0) && blocks.remainder().iter().all(|&x| x == 0)
+    blocks.all(|b| b.iter().fold(0u8, |acc, &x| acc | x) == 0)
+        && blocks.remainder().iter().all(|&x| x == 0)
 }
 
 /// Hex form of a fingerprint.
@@ -178,20 +186,34 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 
 /// Writes `value` (a [`Snapshot`] or [`SnapshotRef`]) as a snapshot file at `path`, atomically.
 pub(crate) fn write_file<T: Serialize>(path: &Path, value: &T) -> Result<(), Error> {
-    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let mut tmp = tempfile::Builder::new().prefix(".wasmbox-snapshot").tempfile_in(dir).map_err(io)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".wasmbox-snapshot")
+        .tempfile_in(dir)
+        .map_err(io)?;
     {
         let mut out = BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
         out.write_all(&[0; HEADER_LEN]).map_err(io)?;
-        let mut hashing = CrcWriter { inner: &mut out, crc: crc32fast::Hasher::new(), len: 0 };
-        bincode::Options::serialize_into(wasmbox::abi::options(u64::MAX), &mut hashing, value).map_err(|e| match *e {
-            bincode::ErrorKind::Io(source) => io(source),
-            other => Error::Io { path: path.to_path_buf(), source: std::io::Error::other(other.to_string()) },
-        })?;
+        let mut hashing = CrcWriter {
+            inner: &mut out,
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+        };
+        bincode::Options::serialize_into(wasmbox::abi::options(u64::MAX), &mut hashing, value)
+            .map_err(|e| match *e {
+                bincode::ErrorKind::Io(source) => io(source),
+                other => Error::Io {
+                    path: path.to_path_buf(),
+                    source: std::io::Error::other(other.to_string()),
+                },
+            })?;
         let (len, crc) = (hashing.len, hashing.crc.finalize());
         out.seek(SeekFrom::Start(0)).map_err(io)?;
         out.write_all(&header(len, crc)).map_err(io)?;
@@ -235,12 +257,17 @@ impl<W: Write> Write for CrcWriter<W> {
 
 /// Reads a snapshot file in one bulk read and decodes it.
 pub(crate) fn read_file(path: &Path) -> Result<Snapshot, Error> {
-    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let file = File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
     // Read what the file holds, never more than its size says.
     let mut bytes = Vec::new();
-    bytes.try_reserve_exact(len as usize).map_err(|e| io(std::io::Error::other(e)))?;
+    bytes
+        .try_reserve_exact(len as usize)
+        .map_err(|e| io(std::io::Error::other(e)))?;
     file.take(len).read_to_end(&mut bytes).map_err(io)?;
     Ok(decode_file(&bytes)?)
 }
@@ -263,17 +290,28 @@ pub fn decode_file(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
     if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
         // A prefix of the magic is a truncated snapshot, anything else is not one.
         if !bytes.is_empty() && MAGIC.starts_with(&bytes[..bytes.len().min(MAGIC.len())]) {
-            return Err(SnapshotError::Truncated { found: bytes.len() as u64, expected: HEADER_LEN as u64 });
+            return Err(SnapshotError::Truncated {
+                found: bytes.len() as u64,
+                expected: HEADER_LEN as u64,
+            });
         }
         return Err(SnapshotError::NotASnapshot);
     }
     let Some(header) = bytes.get(..HEADER_LEN) else {
-        return Err(SnapshotError::Truncated { found: bytes.len() as u64, expected: HEADER_LEN as u64 });
+        return Err(SnapshotError::Truncated {
+            found: bytes.len() as u64,
+            expected: HEADER_LEN as u64,
+        });
     };
-    let u32_at = |at: usize| u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+    let u32_at = |at: usize| {
+        u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
     let version = u32_at(8);
     if version != FORMAT_VERSION {
-        return Err(SnapshotError::Version { found: version, supported: FORMAT_VERSION });
+        return Err(SnapshotError::Version {
+            found: version,
+            supported: FORMAT_VERSION,
+        });
     }
     let mut len = [0u8; 8];
     len.copy_from_slice(&header[12..20]);
@@ -292,21 +330,34 @@ pub fn decode_file(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
     }
     let found_crc = crc32fast::hash(content);
     if found_crc != expected_crc {
-        return Err(SnapshotError::Checksum { expected: expected_crc, found: found_crc });
+        return Err(SnapshotError::Checksum {
+            expected: expected_crc,
+            found: found_crc,
+        });
     }
     let snapshot: Snapshot = bincode::Options::deserialize(wasmbox::abi::options(have), content)
         .map_err(|e| SnapshotError::Malformed(format!("the content does not decode: {e}")))?;
     if snapshot.format_version != FORMAT_VERSION {
-        return Err(SnapshotError::Version { found: snapshot.format_version, supported: FORMAT_VERSION });
+        return Err(SnapshotError::Version {
+            found: snapshot.format_version,
+            supported: FORMAT_VERSION,
+        });
     }
     Ok(snapshot)
 }
 
 /// Checks that a snapshot's memory image is consistent in itself.
 pub(crate) fn check_memory(image: &MemoryImage) -> Result<(), SnapshotError> {
-    let size = image.pages.checked_mul(PAGE_SIZE).filter(|_| image.pages <= 65536).ok_or_else(|| {
-        SnapshotError::Malformed(format!("{} pages is more than a 32-bit memory can have", image.pages))
-    })?;
+    let size = image
+        .pages
+        .checked_mul(PAGE_SIZE)
+        .filter(|_| image.pages <= 65536)
+        .ok_or_else(|| {
+            SnapshotError::Malformed(format!(
+                "{} pages is more than a 32-bit memory can have",
+                image.pages
+            ))
+        })?;
     let mut end = 0u64;
     for chunk in &image.chunks {
         let chunk_end = chunk.offset.checked_add(chunk.bytes.len() as u64);
@@ -333,8 +384,17 @@ mod tests {
         Snapshot {
             format_version: FORMAT_VERSION,
             module_fingerprint: [7; 32],
-            memory: MemoryImage { pages: 2, chunks: vec![MemoryChunk { offset: 65536, bytes: vec![1, 2, 3] }] },
-            globals: vec![GlobalValue { index: 0, value: Value::I32(1024) }],
+            memory: MemoryImage {
+                pages: 2,
+                chunks: vec![MemoryChunk {
+                    offset: 65536,
+                    bytes: vec![1, 2, 3],
+                }],
+            },
+            globals: vec![GlobalValue {
+                index: 0,
+                value: Value::I32(1024),
+            }],
             clock: Clock::default(),
             rng: ChaCha20Rng::seed_from_u64(1),
             limits: Limits::default(),
@@ -355,7 +415,15 @@ mod tests {
             module_fingerprint: &s.module_fingerprint,
             memory: MemoryImageRef {
                 pages: s.memory.pages,
-                chunks: s.memory.chunks.iter().map(|c| MemoryChunkRef { offset: c.offset, bytes: &c.bytes }).collect(),
+                chunks: s
+                    .memory
+                    .chunks
+                    .iter()
+                    .map(|c| MemoryChunkRef {
+                        offset: c.offset,
+                        bytes: &c.bytes,
+                    })
+                    .collect(),
             },
             globals: &s.globals,
             clock: &s.clock,
@@ -382,7 +450,10 @@ mod tests {
     #[test]
     fn rejects_overlapping_chunks() {
         let mut s = sample();
-        s.memory.chunks.push(MemoryChunk { offset: 65537, bytes: vec![1] });
+        s.memory.chunks.push(MemoryChunk {
+            offset: 65537,
+            bytes: vec![1],
+        });
         assert!(check_memory(&s.memory).is_err());
         s.memory.chunks.pop();
         s.memory.chunks[0].offset = 2 * 65536 - 2;

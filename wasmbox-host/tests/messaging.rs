@@ -31,7 +31,10 @@ fn accept_sync_counter_and_it_looks_the_same() -> Result<()> {
         }
         seen.push(take(&out));
     }
-    assert_eq!(seen[0], ["value=1", "value=2", "value=1", "value=2", "value=3"]);
+    assert_eq!(
+        seen[0],
+        ["value=1", "value=2", "value=1", "value=2", "value=3"]
+    );
     assert_eq!(seen[0], seen[1]);
     Ok(())
 }
@@ -51,15 +54,33 @@ fn accept_echo_of_any_string() -> Result<()> {
 #[test]
 fn accept_typed_enum_commands_and_struct_replies() -> Result<()> {
     let (cb, out) = collector::<Reply>();
-    let mut host = WasmBoxHost::<Command, Reply>::from_wasm_file(guest("typed"), cb)?;
-    let open = |a: &str, c| Command::Open { account: a.into(), cents: c };
+    let mut host =
+        WasmBoxHost::<Command, Reply>::new(&WasmBoxModule::from_file(guest("typed"))?, cb)?;
+    let open = |a: &str, c| Command::Open {
+        account: a.into(),
+        cents: c,
+    };
     host.message(&open("alice", 1000))?;
     host.message(&open("bob", 50))?;
     host.message(&open("bob", 1))?;
-    host.message(&Command::Transfer { from: "alice".into(), to: "bob".into(), cents: 300 })?;
-    host.message(&Command::Transfer { from: "bob".into(), to: "alice".into(), cents: 10_000 })?;
-    host.message(&Command::Transfer { from: "carol".into(), to: "bob".into(), cents: 1 })?;
-    host.message(&Command::Balance { account: "bob".into() })?;
+    host.message(&Command::Transfer {
+        from: "alice".into(),
+        to: "bob".into(),
+        cents: 300,
+    })?;
+    host.message(&Command::Transfer {
+        from: "bob".into(),
+        to: "alice".into(),
+        cents: 10_000,
+    })?;
+    host.message(&Command::Transfer {
+        from: "carol".into(),
+        to: "bob".into(),
+        cents: 1,
+    })?;
+    host.message(&Command::Balance {
+        account: "bob".into(),
+    })?;
     host.message(&Command::Statement)?;
     assert_eq!(
         take(&out),
@@ -68,12 +89,24 @@ fn accept_typed_enum_commands_and_struct_replies() -> Result<()> {
             Reply::Done { sequence: 2 },
             Reply::Refused(Refusal::AlreadyOpen("bob".into())),
             Reply::Done { sequence: 3 },
-            Reply::Refused(Refusal::InsufficientFunds { account: "bob".into(), cents: 350 }),
+            Reply::Refused(Refusal::InsufficientFunds {
+                account: "bob".into(),
+                cents: 350
+            }),
             Reply::Refused(Refusal::NoSuchAccount("carol".into())),
-            Reply::Balance(Account { name: "bob".into(), cents: 350 }),
+            Reply::Balance(Account {
+                name: "bob".into(),
+                cents: 350
+            }),
             Reply::Statement(vec![
-                Account { name: "alice".into(), cents: 700 },
-                Account { name: "bob".into(), cents: 350 },
+                Account {
+                    name: "alice".into(),
+                    cents: 700
+                },
+                Account {
+                    name: "bob".into(),
+                    cents: 350
+                },
             ]),
         ]
     );
@@ -85,7 +118,9 @@ fn accept_random_bytes_from_the_seeded_generator() -> Result<()> {
     let module = WasmBoxModule::from_file(guest("random"))?;
     let run = |seed: u64| -> Result<Vec<Vec<u8>>> {
         let (cb, out) = collector::<Vec<u8>>();
-        let mut host = WasmBoxHost::<u32, Vec<u8>>::builder(&module).seed(seed).build(cb)?;
+        let mut host = WasmBoxHost::<u32, Vec<u8>>::builder(&module)
+            .seed(seed)
+            .build(cb)?;
         for n in [8, 0, 64, 1000] {
             host.message(&n)?;
         }
@@ -105,13 +140,18 @@ fn reject_mismatched_message_types() -> Result<()> {
     // The counter takes Strings; a u64 does not decode as one (its varint bytes are not a
     // valid String length + UTF-8 here).
     let (cb, _out) = collector::<String>();
-    let mut host = WasmBoxHost::<Vec<u8>, String>::from_wasm_file(guest("counter"), cb)?;
-    assert!(matches!(host.message(&vec![5u8, 0xff, 0xfe, 0xfd, 0xfc, 0xfb]), Err(Error::InputRejected)));
+    let mut host =
+        WasmBoxHost::<Vec<u8>, String>::new(&WasmBoxModule::from_file(guest("counter"))?, cb)?;
+    assert!(matches!(
+        host.message(&vec![5u8, 0xff, 0xfe, 0xfd, 0xfc, 0xfb]),
+        Err(Error::InputRejected)
+    ));
     // The box is not harmed: a valid String (as bytes) still works.
     host.message(&b"up".to_vec())?;
     // And an Output type that does not match is reported, not a panic.
     let (cb, _out) = collector::<u64>();
-    let mut host = WasmBoxHost::<String, u64>::from_wasm_file(guest("counter"), cb)?;
+    let mut host =
+        WasmBoxHost::<String, u64>::new(&WasmBoxModule::from_file(guest("counter"))?, cb)?;
     assert!(matches!(host.message("up"), Err(Error::OutputDecode(_))));
     Ok(())
 }
@@ -121,7 +161,10 @@ fn reject_modules_that_are_not_guests() {
     let wat = |s: &str| wat::parse_str(s).unwrap();
     let cases = [
         (b"garbage".to_vec(), "not a valid WebAssembly module"),
-        (wat("(module (memory 1))"), "no function export `wasmbox_abi_version`"),
+        (
+            wat("(module (memory 1))"),
+            "no function export `wasmbox_abi_version`",
+        ),
         (
             wat(r#"(module (memory 1) (func (export "wasmbox_abi_version") (param i32)))"#),
             "wrong signature",
@@ -129,7 +172,10 @@ fn reject_modules_that_are_not_guests() {
     ];
     for (bytes, expected) in cases {
         let err = WasmBoxHost::<String, String>::from_wasm_bytes(&bytes, |_| {}).unwrap_err();
-        assert!(err.to_string().contains(expected), "{err} should mention {expected:?}");
+        assert!(
+            err.to_string().contains(expected),
+            "{err} should mention {expected:?}"
+        );
     }
 }
 
@@ -144,12 +190,22 @@ fn reject_wrong_abi_version() {
     )
     .unwrap();
     let err = WasmBoxHost::<String, String>::from_wasm_bytes(&wasm, |_| {}).unwrap_err();
-    assert!(matches!(err, Error::AbiVersion { found: 99, expected: 1 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::AbiVersion {
+                found: 99,
+                expected: 1
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn reject_unknown_imports() {
-    let wasm = wat::parse_str(r#"(module (import "env" "open_socket" (func)) (memory 1))"#).unwrap();
+    let wasm =
+        wat::parse_str(r#"(module (import "env" "open_socket" (func)) (memory 1))"#).unwrap();
     let err = WasmBoxHost::<String, String>::from_wasm_bytes(&wasm, |_| {}).unwrap_err();
     assert!(matches!(err, Error::NotAGuest(_)), "{err}");
 }

@@ -16,8 +16,9 @@ use syn::{FnArg, GenericArgument, Item, ItemFn, PathArguments, ReturnType, Type}
 /// `ctx.next().await`; every message resumes it.
 #[proc_macro_attribute]
 pub fn wasmbox(attr: TokenStream, item: TokenStream) -> TokenStream {
-    expand_async(attr.into(), item.into())
-        .unwrap_or_else(syn::Error::into_compile_error)
+    let item: TokenStream2 = item.into();
+    expand_async(attr.into(), item.clone())
+        .unwrap_or_else(|e| with_item(e, item))
         .into()
 }
 
@@ -26,9 +27,16 @@ pub fn wasmbox(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// Goes on a struct, an enum or a type alias; the type must have no generic parameters.
 #[proc_macro_attribute]
 pub fn wasmbox_sync(attr: TokenStream, item: TokenStream) -> TokenStream {
-    expand_sync(attr.into(), item.into())
-        .unwrap_or_else(syn::Error::into_compile_error)
+    let item: TokenStream2 = item.into();
+    expand_sync(attr.into(), item.clone())
+        .unwrap_or_else(|e| with_item(e, item))
         .into()
+}
+
+/// The error, plus the item unchanged so that code using it reports no follow-on errors.
+fn with_item(error: syn::Error, item: TokenStream2) -> TokenStream2 {
+    let error = error.into_compile_error();
+    quote! { #error #item }
 }
 
 fn expand_async(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
@@ -50,15 +58,15 @@ fn expand_sync(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
         Item::Enum(e) => (&e.ident, &e.generics),
         Item::Type(t) => (&t.ident, &t.generics),
         other => {
-            return Err(syn::Error::new(
-                other.span(),
+            return Err(syn::Error::new_spanned(
+                other,
                 "#[wasmbox_sync] goes on a struct, an enum or a type alias that implements `WasmBox`",
             ));
         }
     };
     if !generics.params.is_empty() {
-        return Err(syn::Error::new(
-            generics.span(),
+        return Err(syn::Error::new_spanned(
+            generics,
             "#[wasmbox_sync] needs a concrete type: remove the generic parameters \
              (use a type alias to pick them)",
         ));
@@ -73,7 +81,10 @@ fn check_no_arguments(attr: &TokenStream2, name: &str) -> syn::Result<()> {
     if attr.is_empty() {
         Ok(())
     } else {
-        Err(syn::Error::new(attr.span(), format!("#[{name}] takes no arguments")))
+        Err(syn::Error::new_spanned(
+            attr,
+            format!("#[{name}] takes no arguments"),
+        ))
     }
 }
 
@@ -86,35 +97,36 @@ fn check_async_signature(func: &ItemFn) -> syn::Result<()> {
         ));
     }
     if !sig.generics.params.is_empty() {
-        return Err(syn::Error::new(
-            sig.generics.span(),
+        return Err(syn::Error::new_spanned(
+            &sig.generics,
             "#[wasmbox] functions cannot be generic: name the input and output types",
         ));
     }
     if let ReturnType::Type(_, ty) = &sig.output {
-        return Err(syn::Error::new(
-            ty.span(),
+        return Err(syn::Error::new_spanned(
+            ty,
             "#[wasmbox] functions return nothing: remove the return type",
         ));
     }
     if sig.inputs.len() != 1 {
-        let span = if sig.inputs.is_empty() { sig.paren_token.span.join() } else { sig.inputs.span() };
-        return Err(syn::Error::new(
-            span,
-            format!(
-                "#[wasmbox] functions take exactly one argument, `ctx: WasmBoxContext<In, Out>`; found {}",
-                sig.inputs.len()
-            ),
-        ));
+        let message = format!(
+            "#[wasmbox] functions take exactly one argument, `ctx: WasmBoxContext<In, Out>`; found {}",
+            sig.inputs.len()
+        );
+        // Point at the first argument too many, or at the empty parentheses.
+        return Err(match sig.inputs.iter().nth(1) {
+            Some(extra) => syn::Error::new_spanned(extra, message),
+            None => syn::Error::new(sig.paren_token.span.join(), message),
+        });
     }
     match &sig.inputs[0] {
         FnArg::Typed(arg) if is_context_type(&arg.ty) => Ok(()),
-        FnArg::Typed(arg) => Err(syn::Error::new(
-            arg.ty.span(),
+        FnArg::Typed(arg) => Err(syn::Error::new_spanned(
+            &arg.ty,
             "the argument of a #[wasmbox] function must be a `WasmBoxContext<In, Out>`",
         )),
-        FnArg::Receiver(r) => Err(syn::Error::new(
-            r.span(),
+        FnArg::Receiver(r) => Err(syn::Error::new_spanned(
+            r,
             "#[wasmbox] functions are free functions: take `ctx: WasmBoxContext<In, Out>`, not `self`",
         )),
     }
@@ -123,13 +135,19 @@ fn check_async_signature(func: &ItemFn) -> syn::Result<()> {
 /// `WasmBoxContext<A, B>`, possibly behind a path such as `wasmbox::WasmBoxContext`.
 fn is_context_type(ty: &Type) -> bool {
     let Type::Path(path) = ty else { return false };
-    let Some(last) = path.path.segments.last() else { return false };
+    let Some(last) = path.path.segments.last() else {
+        return false;
+    };
     if last.ident != "WasmBoxContext" {
         return false;
     }
     match &last.arguments {
         PathArguments::AngleBracketed(args) => {
-            args.args.len() == 2 && args.args.iter().all(|a| matches!(a, GenericArgument::Type(_)))
+            args.args.len() == 2
+                && args
+                    .args
+                    .iter()
+                    .all(|a| matches!(a, GenericArgument::Type(_)))
         }
         _ => false,
     }

@@ -74,9 +74,14 @@ pub enum Status {
 impl Status {
     /// The status for a code returned by a guest, or `None` for an unknown code.
     pub fn from_code(code: u32) -> Option<Status> {
-        [Status::Ok, Status::InputDecode, Status::Finished, Status::NotInitialised]
-            .into_iter()
-            .find(|s| *s as u32 == code)
+        [
+            Status::Ok,
+            Status::InputDecode,
+            Status::Finished,
+            Status::NotInitialised,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == code)
     }
 }
 
@@ -157,7 +162,12 @@ mod tests {
 
     #[test]
     fn status_codes_round_trip() {
-        for s in [Status::Ok, Status::InputDecode, Status::Finished, Status::NotInitialised] {
+        for s in [
+            Status::Ok,
+            Status::InputDecode,
+            Status::Finished,
+            Status::NotInitialised,
+        ] {
             assert_eq!(Status::from_code(s as u32), Some(s));
         }
         assert_eq!(Status::from_code(99), None);
@@ -187,7 +197,12 @@ mod tests {
         // The macro above must spell the names with literals (export_name takes no paths);
         // this keeps the two spellings in step.
         let src = include_str!("abi.rs");
-        for name in [EXPORT_ABI_VERSION, EXPORT_INIT, EXPORT_INPUT_BUFFER, EXPORT_MESSAGE] {
+        for name in [
+            EXPORT_ABI_VERSION,
+            EXPORT_INIT,
+            EXPORT_INPUT_BUFFER,
+            EXPORT_MESSAGE,
+        ] {
             assert!(src.contains(&format!("export_name = \"{name}\"")), "{name}");
         }
     }

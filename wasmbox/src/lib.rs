@@ -29,5 +29,5 @@ pub mod prelude;
 mod runtime;
 mod sys;
 
-pub use runtime::{WasmBox, WasmBoxContext, __private};
+pub use runtime::{__private, WasmBox, WasmBoxContext};
 pub use wasmbox_macros::{wasmbox, wasmbox_sync};

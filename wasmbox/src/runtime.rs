@@ -1,6 +1,7 @@
 //! The guest side of a box: its state, the async context and the sync trait.
 
 use crate::abi::{self, Status};
+use __private::Guest;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::cell::RefCell;
@@ -9,7 +10,6 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
-use __private::Guest;
 
 /// The handle an async guest receives: it yields incoming messages and sends outputs.
 ///
@@ -28,7 +28,10 @@ impl<In, Out> std::fmt::Debug for WasmBoxContext<In, Out> {
 
 impl<In, Out> Clone for WasmBoxContext<In, Out> {
     fn clone(&self) -> Self {
-        WasmBoxContext { inbox: Rc::clone(&self.inbox), _out: PhantomData }
+        WasmBoxContext {
+            inbox: Rc::clone(&self.inbox),
+            _out: PhantomData,
+        }
     }
 }
 
@@ -85,7 +88,6 @@ fn send<Out: Serialize>(output: &Out) {
         }
     })
 }
-
 
 struct SyncGuest<T>(T);
 
@@ -163,15 +165,23 @@ pub mod __private {
         Fut: Future<Output = ()> + 'static,
     {
         let inbox = Rc::new(RefCell::new(None));
-        let ctx = WasmBoxContext { inbox: Rc::clone(&inbox), _out: PhantomData };
-        let mut guest = AsyncGuest { inbox, future: Some(Box::pin(run(ctx))) };
+        let ctx = WasmBoxContext {
+            inbox: Rc::clone(&inbox),
+            _out: PhantomData,
+        };
+        let mut guest = AsyncGuest {
+            inbox,
+            future: Some(Box::pin(run(ctx))),
+        };
         guest.poll();
         Box::new(guest)
     }
 
     /// The `init` export.
     pub fn init(build: impl FnOnce() -> Box<dyn Guest>) {
-        std::panic::set_hook(Box::new(|info| crate::sys::panic_message(&info.to_string())));
+        std::panic::set_hook(Box::new(|info| {
+            crate::sys::panic_message(&info.to_string())
+        }));
         let guest = build();
         GUEST.with(|g| *g.borrow_mut() = Some(guest));
     }

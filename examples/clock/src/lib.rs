@@ -29,7 +29,10 @@ async fn run(ctx: WasmBoxContext<String, Reading>) {
     START.get_or_init(Instant::now);
     loop {
         let message = ctx.next().await;
-        if let Some(ms) = message.strip_prefix("sleep ").and_then(|n| n.trim().parse().ok()) {
+        if let Some(ms) = message
+            .strip_prefix("sleep ")
+            .and_then(|n| n.trim().parse().ok())
+        {
             std::thread::sleep(Duration::from_millis(ms));
         }
         let map: HashMap<u32, ()> = (0..16).map(|k| (k, ())).collect();

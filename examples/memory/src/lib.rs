@@ -48,6 +48,9 @@ async fn run(ctx: WasmBoxContext<Request, Summary>) {
         let hash = buffer.iter().fold(0xcbf29ce484222325u64, |h, &b| {
             (h ^ b as u64).wrapping_mul(0x100000001b3)
         });
-        ctx.send(Summary { len: buffer.len() as u64, hash });
+        ctx.send(Summary {
+            len: buffer.len() as u64,
+            hash,
+        });
     }
 }

@@ -11,7 +11,11 @@ pub enum Command {
     /// Open an account with an opening balance (in cents).
     Open { account: String, cents: u64 },
     /// Move money between two accounts.
-    Transfer { from: String, to: String, cents: u64 },
+    Transfer {
+        from: String,
+        to: String,
+        cents: u64,
+    },
     /// Ask for an account's balance.
     Balance { account: String },
     /// Ask for every account, in name order.
@@ -66,11 +70,15 @@ async fn run(ctx: WasmBoxContext<Command, Reply>) {
                     Reply::Done { sequence }
                 }
             }
-            Command::Transfer { from, to, cents } => match (accounts.get(&from), accounts.get(&to)) {
+            Command::Transfer { from, to, cents } => match (accounts.get(&from), accounts.get(&to))
+            {
                 (None, _) => Reply::Refused(Refusal::NoSuchAccount(from)),
                 (_, None) => Reply::Refused(Refusal::NoSuchAccount(to)),
                 (Some(&have), Some(_)) if have < cents => {
-                    Reply::Refused(Refusal::InsufficientFunds { account: from, cents: have })
+                    Reply::Refused(Refusal::InsufficientFunds {
+                        account: from,
+                        cents: have,
+                    })
                 }
                 (Some(_), Some(_)) => {
                     *accounts.entry(from).or_default() -= cents;
@@ -80,11 +88,20 @@ async fn run(ctx: WasmBoxContext<Command, Reply>) {
                 }
             },
             Command::Balance { account } => match accounts.get(&account) {
-                Some(&cents) => Reply::Balance(Account { name: account, cents }),
+                Some(&cents) => Reply::Balance(Account {
+                    name: account,
+                    cents,
+                }),
                 None => Reply::Refused(Refusal::NoSuchAccount(account)),
             },
             Command::Statement => Reply::Statement(
-                accounts.iter().map(|(name, &cents)| Account { name: name.clone(), cents }).collect(),
+                accounts
+                    .iter()
+                    .map(|(name, &cents)| Account {
+                        name: name.clone(),
+                        cents,
+                    })
+                    .collect(),
             ),
         };
         ctx.send(reply);

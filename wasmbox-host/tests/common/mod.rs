@@ -8,7 +8,9 @@ use std::sync::OnceLock;
 
 /// The workspace root.
 pub fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
 }
 
 /// Path of the built example guest `name` (e.g. `counter`).
@@ -18,7 +20,13 @@ pub fn guest(name: &str) -> PathBuf {
         let target_dir = root().join("target").join("guests");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip1",
+                "--manifest-path",
+            ])
             .arg(root().join("examples").join("Cargo.toml"))
             .arg("--target-dir")
             .arg(&target_dir)
@@ -38,7 +46,10 @@ pub fn guest_bytes(name: &str) -> Vec<u8> {
 }
 
 /// A callback that collects outputs, and the place they are collected.
-pub fn collector<T: Send + 'static>() -> (impl FnMut(T) + Send + 'static, std::sync::Arc<std::sync::Mutex<Vec<T>>>) {
+pub fn collector<T: Send + 'static>() -> (
+    impl FnMut(T) + Send + 'static,
+    std::sync::Arc<std::sync::Mutex<Vec<T>>>,
+) {
     let store = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let s = store.clone();
     (move |t| s.lock().unwrap().push(t), store)

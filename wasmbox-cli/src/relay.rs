@@ -1,0 +1,443 @@
+//! The relay: each input line is a message to the guest, or a `!!` command; each output of the
+//! guest is one line on stdout. Notices and errors go to stderr, and no bad line ends the
+//! session.
+
+use crate::input::{Input, LineSource};
+use anyhow::{Context, Result, bail};
+use std::borrow::Cow;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+use wasmbox_host::snapshot::{Snapshot, decode_file};
+use wasmbox_host::{Error, WasmBoxHost, WasmBoxModule};
+
+/// The special lines, as `!!help` and `run --help` show them.
+pub const COMMANDS_HELP: &str = "\
+Special lines (everything else is sent to the guest as one message):
+  !!snapshot [PATH]   save a snapshot to PATH, or to a new file in the snapshot dir
+                      (never overwriting one); the path written is printed on stderr
+  !!restore PATH      restore the snapshot in PATH (the box is unchanged if that fails)
+  !!clock [MILLIS]    set the box's clock to MILLIS since the Unix epoch, or to the real
+                      time without MILLIS
+  !!help              list these commands
+  !!!TEXT             send the message !!TEXT (a leading `!!!` is how to start a message
+                      with `!!`)
+
+stdout carries only the guest's messages, one per line (line breaks inside a message are
+written as \\n and \\r), so it can be piped; notices and errors go to stderr.
+
+The clock: unless --freeze-time, before each message (and snapshot) the box's clock moves
+forward by the real time elapsed since it was last moved. It starts at the real time (or
+--start-time); after `!!clock N` it goes on from N; after `!!restore` (or --restore) it goes
+on from the snapshot's time, as time does not pass for a frozen box. With --freeze-time only
+`!!clock` moves it.";
+
+/// What one input line asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line<'a> {
+    /// Send this text to the guest.
+    Message(&'a str),
+    /// `!!snapshot [PATH]`.
+    Snapshot(Option<&'a Path>),
+    /// `!!restore PATH`.
+    Restore(&'a Path),
+    /// `!!clock [MILLIS]`: `None` is the real time.
+    Clock(Option<u64>),
+    /// `!!help`.
+    Help,
+}
+
+/// Why a line is not a valid command; the session goes on.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadLine(String);
+
+impl fmt::Display for BadLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadLine {}
+
+/// Parses one input line (without its line break).
+///
+/// # Errors
+/// For an unknown `!!` command, or a command with a missing or bad argument.
+pub fn parse_line(line: &str) -> Result<Line<'_>, BadLine> {
+    let Some(rest) = line.strip_prefix("!!") else {
+        return Ok(Line::Message(line));
+    };
+    if rest.starts_with('!') {
+        return Ok(Line::Message(&line[1..]));
+    }
+    let (command, argument) = match rest.split_once(char::is_whitespace) {
+        Some((command, argument)) => (command, argument.trim()),
+        None => (rest, ""),
+    };
+    let argument = (!argument.is_empty()).then_some(argument);
+    match (command, argument) {
+        ("snapshot", path) => Ok(Line::Snapshot(path.map(Path::new))),
+        ("restore", Some(path)) => Ok(Line::Restore(Path::new(path))),
+        ("restore", None) => Err(BadLine("`!!restore` needs the path of a snapshot file".into())),
+        ("clock", None) => Ok(Line::Clock(None)),
+        ("clock", Some(millis)) => millis.parse().map(|m| Line::Clock(Some(m))).map_err(|_| {
+            BadLine(format!("`!!clock` takes a time in milliseconds since the Unix epoch, not `{millis}`"))
+        }),
+        ("help", None) => Ok(Line::Help),
+        ("help", Some(_)) => Err(BadLine("`!!help` takes no argument".into())),
+        _ => Err(BadLine(format!(
+            "unknown command `!!{command}`: `!!help` lists the commands (to send a message that starts \
+             with `!!`, start it with `!!!`)"
+        ))),
+    }
+}
+
+/// How a session starts.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// The clock moves only on `!!clock`.
+    pub freeze_time: bool,
+    /// Seed of the box's random generator (fresh boxes only).
+    pub seed: Option<u64>,
+    /// Clock value a fresh box starts at; default: the real time.
+    pub start_time: Option<u64>,
+    /// Where `!!snapshot` without a path writes.
+    pub snapshot_dir: PathBuf,
+    /// Start from this snapshot file instead of running the guest's init.
+    pub restore: Option<PathBuf>,
+}
+
+/// A running session: the box and the state of the relay around it.
+pub struct Relay {
+    host: WasmBoxHost<String, String>,
+    clock: ClockRule,
+    snapshot_dir: PathBuf,
+    /// Number of the last file name tried for an automatic snapshot.
+    last_snapshot_number: u64,
+    stdout: GuestOutput,
+}
+
+impl fmt::Debug for Relay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Relay").field("host", &self.host).field("snapshot_dir", &self.snapshot_dir).finish()
+    }
+}
+
+impl Relay {
+    /// Starts a box of `module`, fresh (running the guest's init, whose outputs are printed)
+    /// or from a snapshot file.
+    ///
+    /// # Errors
+    /// If the snapshot cannot be read or used, or the guest fails to start.
+    pub fn start(module: &WasmBoxModule, options: SessionOptions) -> Result<Relay> {
+        let stdout = GuestOutput::default();
+        let builder = WasmBoxHost::<String, String>::builder(module).rollback_on_trap(true);
+        let host = match &options.restore {
+            Some(path) => {
+                let snapshot = read_snapshot(path)?;
+                builder
+                    .restore(&snapshot, stdout.callback())
+                    .with_context(|| format!("cannot start from the snapshot {}", path.display()))?
+            }
+            None => {
+                let builder = builder.start_time(options.start_time.unwrap_or_else(real_time_millis));
+                let builder = match options.seed {
+                    Some(seed) => builder.seed(seed),
+                    None => builder,
+                };
+                builder.build(stdout.callback()).context("the guest failed to start")?
+            }
+        };
+        let relay = Relay {
+            host,
+            clock: ClockRule::new(options.freeze_time),
+            snapshot_dir: options.snapshot_dir,
+            last_snapshot_number: 0,
+            stdout,
+        };
+        relay.stdout.check()?;
+        Ok(relay)
+    }
+
+    /// Relays every line of `input` until it ends. Bad lines and guest failures are reported
+    /// on stderr and the session goes on.
+    ///
+    /// # Errors
+    /// Only if the input cannot be read or the guest's output cannot be written (a closed
+    /// stdout pipe just ends the session).
+    pub fn run(&mut self, input: &mut dyn LineSource) -> Result<()> {
+        loop {
+            match input.next_line()? {
+                Input::End => return Ok(()),
+                Input::NotUtf8 => eprintln!("error: the line is not valid UTF-8; nothing was sent"),
+                Input::Line(line) => {
+                    if let Err(e) = self.handle(&line) {
+                        eprintln!("error: {e:#}");
+                    }
+                }
+            }
+            match self.stdout.check() {
+                Err(e) if e.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) => {
+                    return Ok(());
+                }
+                other => other?,
+            }
+        }
+    }
+
+    /// Handles one line.
+    ///
+    /// # Errors
+    /// A bad line, a failed command, or a failed message: the caller reports it.
+    pub fn handle(&mut self, line: &str) -> Result<()> {
+        match parse_line(line)? {
+            Line::Message(text) => self.message(text),
+            Line::Snapshot(path) => self.snapshot(path),
+            Line::Restore(path) => self.restore(path),
+            Line::Clock(millis) => {
+                let millis = millis.unwrap_or_else(real_time_millis);
+                self.host.set_time(millis);
+                self.clock.was_set();
+                eprintln!("clock set to {millis} ms since the Unix epoch");
+                Ok(())
+            }
+            Line::Help => {
+                eprintln!("{COMMANDS_HELP}");
+                Ok(())
+            }
+        }
+    }
+
+    fn message(&mut self, text: &str) -> Result<()> {
+        self.clock.advance(&mut self.host);
+        let Err(error) = self.host.message(text) else {
+            return Ok(());
+        };
+        if self.host.poisoned().is_some() {
+            bail!("{error}; the box is unusable now: `!!restore` a snapshot to go on");
+        }
+        match error {
+            Error::GuestPanicked { .. }
+            | Error::GuestTrapped { .. }
+            | Error::GuestExited(_)
+            | Error::LimitExceeded { .. } => {
+                bail!("{error}; the box was rolled back to its state before this message")
+            }
+            other => Err(other.into()),
+        }
+    }
+
+    fn snapshot(&mut self, path: Option<&Path>) -> Result<()> {
+        self.clock.advance(&mut self.host);
+        let path = match path {
+            Some(path) => {
+                self.host
+                    .snapshot_to_file(path)
+                    .with_context(|| format!("cannot write a snapshot to {}", path.display()))?;
+                path.to_path_buf()
+            }
+            None => {
+                let path = self.reserve_snapshot_path()?;
+                if let Err(e) = self.host.snapshot_to_file(&path) {
+                    // The empty file that reserved the name is ours.
+                    let _ = std::fs::remove_file(&path);
+                    return Err(e).with_context(|| format!("cannot write a snapshot to {}", path.display()));
+                }
+                path
+            }
+        };
+        eprintln!("snapshot written to {}", path.display());
+        Ok(())
+    }
+
+    /// Claims a new file name `snapshot-N.snap` in the snapshot dir by creating it (never
+    /// opening an existing file), so that no snapshot is ever overwritten.
+    fn reserve_snapshot_path(&mut self) -> Result<PathBuf> {
+        let dir = &self.snapshot_dir;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create the snapshot dir {}", dir.display()))?;
+        loop {
+            self.last_snapshot_number += 1;
+            let path = dir.join(format!("snapshot-{}.snap", self.last_snapshot_number));
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(_) => return Ok(path),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+            }
+        }
+    }
+
+    fn restore(&mut self, path: &Path) -> Result<()> {
+        let snapshot = read_snapshot(path)?;
+        self.host.restore_snapshot(&snapshot).with_context(|| format!("cannot restore {}", path.display()))?;
+        self.clock.was_set();
+        eprintln!("restored {}", path.display());
+        Ok(())
+    }
+}
+
+/// Reads and decodes a snapshot file, reading no more than the file's size.
+///
+/// # Errors
+/// If the file cannot be read or is not a valid snapshot.
+pub fn read_snapshot(path: &Path) -> Result<Snapshot> {
+    let read = || -> io::Result<Vec<u8>> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        let mut bytes = Vec::new();
+        file.take(len).read_to_end(&mut bytes)?;
+        Ok(bytes)
+    };
+    let bytes = read().with_context(|| format!("cannot read the snapshot {}", path.display()))?;
+    decode_file(&bytes).with_context(|| format!("{} is not a usable snapshot", path.display()))
+}
+
+/// The real time in milliseconds since the Unix epoch (0 before it).
+pub fn real_time_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// How the box's clock follows real time: see the clock paragraph of [`COMMANDS_HELP`].
+#[derive(Debug)]
+struct ClockRule {
+    frozen: bool,
+    /// When the box's clock was last moved or set; real time since then is still owed to it.
+    last_moved: Instant,
+}
+
+impl ClockRule {
+    fn new(frozen: bool) -> Self {
+        ClockRule { frozen, last_moved: Instant::now() }
+    }
+
+    /// The box's clock was just set (`!!clock`, restore): it goes on from there.
+    fn was_set(&mut self) {
+        self.last_moved = Instant::now();
+    }
+
+    /// Moves the box's clock forward by the whole milliseconds of real time elapsed since it
+    /// was last moved (the remainder is kept for next time), unless time is frozen.
+    fn advance(&mut self, host: &mut WasmBoxHost<String, String>) {
+        if self.frozen {
+            return;
+        }
+        let elapsed = self.last_moved.elapsed();
+        let millis = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        if millis == 0 {
+            return;
+        }
+        self.last_moved += Duration::from_millis(millis);
+        host.set_time(host.time().saturating_add(millis));
+    }
+}
+
+/// Writes the guest's outputs to stdout, one line each, and remembers the first write error
+/// (the callback cannot return one).
+#[derive(Clone, Default)]
+struct GuestOutput {
+    error: Arc<Mutex<Option<io::Error>>>,
+}
+
+impl GuestOutput {
+    fn callback(&self) -> impl FnMut(String) + Send + 'static {
+        let error = Arc::clone(&self.error);
+        move |text: String| {
+            let mut error = error.lock().unwrap_or_else(PoisonError::into_inner);
+            if error.is_none() {
+                let mut out = io::stdout().lock();
+                if let Err(e) = writeln!(out, "{}", one_line(&text)).and_then(|()| out.flush()) {
+                    *error = Some(e);
+                }
+            }
+        }
+    }
+
+    /// The write error, if one happened.
+    fn check(&self) -> Result<()> {
+        match self.error.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            Some(e) => Err(e).context("cannot write the guest's output to stdout"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `text` on one line: line breaks are written as `\n` and `\r`.
+fn one_line(text: &str) -> Cow<'_, str> {
+    if text.contains(['\n', '\r']) {
+        Cow::Owned(text.replace('\n', "\\n").replace('\r', "\\r"))
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bad(line: &str) -> Result<String> {
+        match parse_line(line) {
+            Err(BadLine(message)) => Ok(message),
+            Ok(parsed) => bail!("{line:?} was accepted as {parsed:?}"),
+        }
+    }
+
+    #[test]
+    fn accept_plain_messages() -> Result<()> {
+        for line in ["up", "", "  !!snapshot", "hello !!restore", "!", "!x"] {
+            assert_eq!(parse_line(line), Ok(Line::Message(line)));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn accept_escaped_messages() -> Result<()> {
+        assert_eq!(parse_line("!!!snapshot"), Ok(Line::Message("!!snapshot")));
+        assert_eq!(parse_line("!!!"), Ok(Line::Message("!!")));
+        Ok(())
+    }
+
+    #[test]
+    fn accept_snapshot_with_and_without_path() -> Result<()> {
+        assert_eq!(parse_line("!!snapshot"), Ok(Line::Snapshot(None)));
+        assert_eq!(parse_line("!!snapshot   "), Ok(Line::Snapshot(None)));
+        assert_eq!(parse_line("!!snapshot /tmp/a b.snap "), Ok(Line::Snapshot(Some(Path::new("/tmp/a b.snap")))));
+        Ok(())
+    }
+
+    #[test]
+    fn accept_restore_clock_help() -> Result<()> {
+        assert_eq!(parse_line("!!restore x.snap"), Ok(Line::Restore(Path::new("x.snap"))));
+        assert_eq!(parse_line("!!restore\tx.snap"), Ok(Line::Restore(Path::new("x.snap"))));
+        assert_eq!(parse_line("!!clock"), Ok(Line::Clock(None)));
+        assert_eq!(parse_line("!!clock 1700000000000"), Ok(Line::Clock(Some(1_700_000_000_000))));
+        assert_eq!(parse_line("!!help"), Ok(Line::Help));
+        Ok(())
+    }
+
+    #[test]
+    fn reject_bad_commands() -> Result<()> {
+        assert!(bad("!!restore")?.contains("needs the path"));
+        assert!(bad("!!restore   ")?.contains("needs the path"));
+        assert!(bad("!!clock soon")?.contains("not `soon`"));
+        assert!(bad("!!clock -5")?.contains("not `-5`"));
+        assert!(bad("!!clock 1 2")?.contains("not `1 2`"));
+        assert!(bad("!!clock 99999999999999999999999")?.contains("milliseconds"));
+        assert!(bad("!!help me")?.contains("takes no argument"));
+        assert!(bad("!!frobnicate")?.contains("unknown command `!!frobnicate`"));
+        assert!(bad("!!")?.contains("unknown command"));
+        assert!(bad("!!Snapshot")?.contains("unknown command `!!Snapshot`"));
+        Ok(())
+    }
+
+    #[test]
+    fn accept_outputs_as_single_lines() -> Result<()> {
+        assert_eq!(one_line("value=1"), "value=1");
+        assert_eq!(one_line("a\nb\r\n"), "a\\nb\\r\\n");
+        Ok(())
+    }
+}

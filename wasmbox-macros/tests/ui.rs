@@ -1,0 +1,9 @@
+//! Compile-fail tests: every misuse of `#[wasmbox]` and `#[wasmbox_sync]` must be reported as
+//! the macro's own error on the offending tokens. The pass cases check the documented forms.
+
+#[test]
+fn ui() {
+    let t = trybuild::TestCases::new();
+    t.compile_fail("tests/ui/*.rs");
+    t.pass("tests/ui-pass/*.rs");
+}

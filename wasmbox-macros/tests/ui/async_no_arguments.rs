@@ -1,0 +1,6 @@
+use wasmbox::prelude::*;
+
+#[wasmbox]
+async fn run() {}
+
+fn main() {}

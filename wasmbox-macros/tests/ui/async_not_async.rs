@@ -1,0 +1,8 @@
+use wasmbox::prelude::*;
+
+#[wasmbox]
+fn run(ctx: WasmBoxContext<String, String>) {
+    let _ = ctx;
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use wasmbox::prelude::*;
+
+#[wasmbox]
+async fn run(ctx: WasmBoxContext<String, String>, extra: u32) {
+    let _ = (ctx, extra);
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use wasmbox::prelude::*;
+
+#[wasmbox]
+async fn run(ctx: String) {
+    let _ = ctx;
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use wasmbox::prelude::*;
+
+#[wasmbox_sync]
+fn counter() {}
+
+fn main() {}
