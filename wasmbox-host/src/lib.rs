@@ -336,6 +336,39 @@ where
         self.restore_snapshot(&snapshot)
     }
 
+    /// A new, independent box whose state equals this one's, made without going through a
+    /// snapshot value or a file: memory (all-zero pages skipped), globals, clock, generator
+    /// and limits are copied straight from this box. Its outputs go to `callback`.
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`] if this box is poisoned; instantiation errors.
+    pub fn fork<F>(&mut self, callback: F) -> Result<WasmBoxHost<In, Out>, Error>
+    where
+        F: FnMut(Out) + Send + 'static,
+    {
+        self.check_usable()?;
+        let globals = self.live.read_globals(&self.module);
+        let mut live = Live::new(&self.module, &self.options)?;
+        let source = self.live.memory.data(&self.live.store);
+        let pages = source.len() as u64 / PAGE_SIZE;
+        live.load(&self.module, pages, snapshot::nonzero_runs(source).into_iter(), &globals)?;
+        let state = self.live.store.data();
+        let (clock, rng) = (state.clock, state.rng.clone());
+        let new_state = live.store.data_mut();
+        new_state.clock = clock;
+        new_state.rng = rng;
+        Ok(WasmBoxHost {
+            module: self.module.clone(),
+            live,
+            callback: Box::new(callback),
+            options: self.options,
+            last_good: None,
+            poisoned: None,
+            scratch: Vec::new(),
+            _input: PhantomData,
+        })
+    }
+
     /// Sets the box's clock to `millis` since the Unix epoch. The guest's monotonic clock
     /// moves forward by the same amount, and never backwards.
     pub fn set_time(&mut self, millis: u64) {
@@ -602,18 +635,31 @@ impl Live {
     ) -> Result<Live, Error> {
         check_snapshot(module, &options.limits, snapshot)?;
         let mut live = Live::new(module, options)?;
-        let current_pages = live.memory.size(&live.store);
-        if snapshot.memory.pages > current_pages {
-            live.memory
-                .grow(&mut live.store, snapshot.memory.pages - current_pages)
-                .map_err(|e| {
-                    Error::Snapshot(SnapshotError::Malformed(format!(
-                        "the memory cannot grow to {} pages: {e:#}",
-                        snapshot.memory.pages
-                    )))
-                })?;
+        let chunks = snapshot.memory.chunks.iter().map(|c| (c.offset, c.bytes.as_slice()));
+        live.load(module, snapshot.memory.pages, chunks, &snapshot.globals)?;
+        let state = live.store.data_mut();
+        state.clock = snapshot.clock;
+        state.rng = snapshot.rng.clone();
+        state.limiter.max_memory_bytes = snapshot.limits.max_memory_bytes;
+        Ok(live)
+    }
+
+    /// Makes this fresh instance's memory exactly `pages` long and equal to `chunks` (zero
+    /// elsewhere), and sets the mutable globals. The chunks must lie inside `pages`.
+    fn load<'a>(
+        &mut self,
+        module: &WasmBoxModule,
+        pages: u64,
+        chunks: impl Iterator<Item = (u64, &'a [u8])>,
+        globals: &[GlobalValue],
+    ) -> Result<(), Error> {
+        let current_pages = self.memory.size(&self.store);
+        if pages > current_pages {
+            self.memory.grow(&mut self.store, pages - current_pages).map_err(|e| {
+                Error::Snapshot(SnapshotError::Malformed(format!("the memory cannot grow to {pages} pages: {e:#}")))
+            })?;
         }
-        let data = live.memory.data_mut(&mut live.store);
+        let data = self.memory.data_mut(&mut self.store);
         // The fresh instance's memory is zero except where data segments were written.
         for range in &module.inner.info.data_ranges {
             let end = (range.end as usize).min(data.len());
@@ -621,14 +667,14 @@ impl Live {
                 bytes.fill(0);
             }
         }
-        for chunk in &snapshot.memory.chunks {
-            let start = chunk.offset as usize;
-            // `check_snapshot` proved every chunk lies inside the memory.
-            if let Some(dst) = data.get_mut(start..start + chunk.bytes.len()) {
-                dst.copy_from_slice(&chunk.bytes);
-            }
+        for (offset, bytes) in chunks {
+            let start = offset as usize;
+            let dst = data.get_mut(start..start + bytes.len()).ok_or_else(|| {
+                Error::Snapshot(SnapshotError::Malformed(format!("memory chunk at {offset:#x} lies outside the memory")))
+            })?;
+            dst.copy_from_slice(bytes);
         }
-        for (global, saved) in live.globals.iter().zip(&snapshot.globals) {
+        for (global, saved) in self.globals.iter().zip(globals) {
             let value = match saved.value {
                 Value::I32(v) => Val::I32(v),
                 Value::I64(v) => Val::I64(v),
@@ -636,18 +682,11 @@ impl Live {
                 Value::F64(v) => Val::F64(v),
                 Value::V128(v) => Val::V128(v.into()),
             };
-            global.set(&mut live.store, value).map_err(|e| {
-                Error::Snapshot(SnapshotError::Malformed(format!(
-                    "global {}: {e:#}",
-                    saved.index
-                )))
-            })?;
+            global
+                .set(&mut self.store, value)
+                .map_err(|e| Error::Snapshot(SnapshotError::Malformed(format!("global {}: {e:#}", saved.index))))?;
         }
-        let state = live.store.data_mut();
-        state.clock = snapshot.clock;
-        state.rng = snapshot.rng.clone();
-        state.limiter.max_memory_bytes = snapshot.limits.max_memory_bytes;
-        Ok(live)
+        Ok(())
     }
 
     /// Makes sure the guest's input buffer holds `bytes`, then runs the message export.

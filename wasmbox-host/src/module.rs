@@ -56,6 +56,14 @@ pub struct ModuleOptions {
     pub pooling: Option<u32>,
 }
 
+impl ModuleOptions {
+    /// Use the pooling allocator with room for `boxes` boxes at once.
+    pub fn pooling(mut self, boxes: u32) -> Self {
+        self.pooling = Some(boxes);
+        self
+    }
+}
+
 impl WasmBoxModule {
     /// Compiles a `.wasm` file.
     ///

@@ -3,7 +3,8 @@
 //! * `Grow { mib, seed }` appends `mib` MiB of pseudo-random bytes (from `seed`), so the pages
 //!   are really in use;
 //! * `Sum` replies with a checksum of the whole buffer;
-//! * `Clear` frees it (the linear memory stays as large, filled with whatever is left).
+//! * `Clear` frees it (the linear memory stays as large, filled with whatever is left);
+//! * `Reserve { mib }` grows the linear memory without writing to it.
 use serde::{Deserialize, Serialize};
 use wasmbox::prelude::*;
 
@@ -16,6 +17,8 @@ pub enum Request {
     Sum,
     /// Drop the buffer.
     Clear,
+    /// Grow the linear memory by `mib` MiB without touching it (a sparse memory).
+    Reserve { mib: u32 },
 }
 
 /// The guest's answer: the buffer's length in bytes and an FNV-1a hash of its content.
@@ -44,6 +47,7 @@ async fn run(ctx: WasmBoxContext<Request, Summary>) {
             }
             Request::Sum => {}
             Request::Clear => buffer = Vec::new(),
+            Request::Reserve { mib } => reserve(mib),
         }
         let hash = buffer.iter().fold(0xcbf29ce484222325u64, |h, &b| {
             (h ^ b as u64).wrapping_mul(0x100000001b3)
@@ -54,3 +58,11 @@ async fn run(ctx: WasmBoxContext<Request, Summary>) {
         });
     }
 }
+
+#[cfg(target_family = "wasm")]
+fn reserve(mib: u32) {
+    core::arch::wasm32::memory_grow(0, (mib as usize) * 16);
+}
+
+#[cfg(not(target_family = "wasm"))]
+fn reserve(_mib: u32) {}
