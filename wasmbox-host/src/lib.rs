@@ -351,7 +351,12 @@ where
         let mut live = Live::new(&self.module, &self.options)?;
         let source = self.live.memory.data(&self.live.store);
         let pages = source.len() as u64 / PAGE_SIZE;
-        live.load(&self.module, pages, snapshot::nonzero_runs(source).into_iter(), &globals)?;
+        live.load(
+            &self.module,
+            pages,
+            snapshot::nonzero_runs(source).into_iter(),
+            &globals,
+        )?;
         let state = self.live.store.data();
         let (clock, rng) = (state.clock, state.rng.clone());
         let new_state = live.store.data_mut();
@@ -635,7 +640,11 @@ impl Live {
     ) -> Result<Live, Error> {
         check_snapshot(module, &options.limits, snapshot)?;
         let mut live = Live::new(module, options)?;
-        let chunks = snapshot.memory.chunks.iter().map(|c| (c.offset, c.bytes.as_slice()));
+        let chunks = snapshot
+            .memory
+            .chunks
+            .iter()
+            .map(|c| (c.offset, c.bytes.as_slice()));
         live.load(module, snapshot.memory.pages, chunks, &snapshot.globals)?;
         let state = live.store.data_mut();
         state.clock = snapshot.clock;
@@ -655,9 +664,13 @@ impl Live {
     ) -> Result<(), Error> {
         let current_pages = self.memory.size(&self.store);
         if pages > current_pages {
-            self.memory.grow(&mut self.store, pages - current_pages).map_err(|e| {
-                Error::Snapshot(SnapshotError::Malformed(format!("the memory cannot grow to {pages} pages: {e:#}")))
-            })?;
+            self.memory
+                .grow(&mut self.store, pages - current_pages)
+                .map_err(|e| {
+                    Error::Snapshot(SnapshotError::Malformed(format!(
+                        "the memory cannot grow to {pages} pages: {e:#}"
+                    )))
+                })?;
         }
         let data = self.memory.data_mut(&mut self.store);
         // The fresh instance's memory is zero except where data segments were written.
@@ -670,7 +683,9 @@ impl Live {
         for (offset, bytes) in chunks {
             let start = offset as usize;
             let dst = data.get_mut(start..start + bytes.len()).ok_or_else(|| {
-                Error::Snapshot(SnapshotError::Malformed(format!("memory chunk at {offset:#x} lies outside the memory")))
+                Error::Snapshot(SnapshotError::Malformed(format!(
+                    "memory chunk at {offset:#x} lies outside the memory"
+                )))
             })?;
             dst.copy_from_slice(bytes);
         }
@@ -682,9 +697,12 @@ impl Live {
                 Value::F64(v) => Val::F64(v),
                 Value::V128(v) => Val::V128(v.into()),
             };
-            global
-                .set(&mut self.store, value)
-                .map_err(|e| Error::Snapshot(SnapshotError::Malformed(format!("global {}: {e:#}", saved.index))))?;
+            global.set(&mut self.store, value).map_err(|e| {
+                Error::Snapshot(SnapshotError::Malformed(format!(
+                    "global {}: {e:#}",
+                    saved.index
+                )))
+            })?;
         }
         Ok(())
     }

@@ -61,12 +61,37 @@ impl Limits {
         self.max_memory_bytes / crate::PAGE_SIZE
     }
 
-    /// Epoch ticks for the deadline, or `u64::MAX`.
+    /// Epoch ticks for the deadline. wasmtime adds this to the current epoch without
+    /// saturating, so "no deadline" is a number of ticks that can never be reached (at one
+    /// tick per [`EPOCH_TICK`], `u64::MAX / 2` ticks is billions of years) but cannot overflow.
     pub(crate) fn deadline_ticks(&self) -> u64 {
+        const NEVER: u64 = u64::MAX / 2;
         match self.deadline_per_message {
-            Some(d) => (d.as_nanos() / EPOCH_TICK.as_nanos()) as u64 + 1,
-            None => u64::MAX,
+            Some(d) => u64::try_from(d.as_nanos() / EPOCH_TICK.as_nanos())
+                .map_or(NEVER, |t| t.saturating_add(1).min(NEVER)),
+            None => NEVER,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_ticks_never_overflow_the_epoch() {
+        let huge = Limits {
+            deadline_per_message: Some(Duration::MAX),
+            ..Limits::default()
+        };
+        for limits in [Limits::unlimited(), huge] {
+            assert!(limits.deadline_ticks().checked_add(u64::MAX / 4).is_some());
+        }
+        let ms = Limits {
+            deadline_per_message: Some(Duration::from_millis(50)),
+            ..Limits::default()
+        };
+        assert_eq!(ms.deadline_ticks(), 11);
     }
 }
 
