@@ -48,8 +48,12 @@ pub fn stdin_lines() -> Result<Box<dyn LineSource>> {
     }
     // `PreferTerm` talks to /dev/tty, so the prompt and the echo never reach stdout even when
     // stdout is piped.
-    let config = Config::builder().behavior(Behavior::PreferTerm).auto_add_history(false).build();
-    let editor = rustyline::DefaultEditor::with_config(config).context("cannot set up the terminal")?;
+    let config = Config::builder()
+        .behavior(Behavior::PreferTerm)
+        .auto_add_history(false)
+        .build();
+    let editor =
+        rustyline::DefaultEditor::with_config(config).context("cannot set up the terminal")?;
     Ok(Box::new(Terminal { editor }))
 }
 
@@ -94,7 +98,11 @@ pub struct Plain<R> {
 impl<R: BufRead> Plain<R> {
     /// Reads lines from `reader`, showing `prompt` (on stderr) before each.
     pub fn new(reader: R, prompt: Option<&'static str>) -> Self {
-        Plain { reader, prompt, buffer: Vec::new() }
+        Plain {
+            reader,
+            prompt,
+            buffer: Vec::new(),
+        }
     }
 }
 
@@ -106,7 +114,10 @@ impl<R: BufRead> LineSource for Plain<R> {
             let _ = stderr.flush();
         }
         self.buffer.clear();
-        let read = self.reader.read_until(b'\n', &mut self.buffer).context("cannot read stdin")?;
+        let read = self
+            .reader
+            .read_until(b'\n', &mut self.buffer)
+            .context("cannot read stdin")?;
         if read == 0 {
             return Ok(Input::End);
         }

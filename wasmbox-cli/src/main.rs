@@ -108,7 +108,9 @@ struct BuildArgs {
 
 impl BuildArgs {
     fn options(&self) -> module::BuildOptions {
-        module::BuildOptions { target_dir: self.target_dir.clone() }
+        module::BuildOptions {
+            target_dir: self.target_dir.clone(),
+        }
     }
 }
 
@@ -154,8 +156,8 @@ fn run_guest(args: RunArgs) -> Result<()> {
 /// `wasmbox-cli compile`.
 fn compile(args: &CompileArgs) -> Result<()> {
     let wasm = module::wasm_bytes(&args.input, &args.build.options())?;
-    let compiled =
-        WasmBoxModule::precompile(&wasm).with_context(|| format!("cannot compile {}", args.input.display()))?;
+    let compiled = WasmBoxModule::precompile(&wasm)
+        .with_context(|| format!("cannot compile {}", args.input.display()))?;
     write_atomically(&args.output, &compiled)?;
     eprintln!(
         "wasmbox-cli: wrote {} ({} bytes); run it with `wasmbox-cli run {}` (this same build only)",
@@ -174,10 +176,15 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         _ => Path::new("."),
     };
     let context = || format!("cannot write {}", path.display());
-    let mut file = tempfile::Builder::new().prefix(".wasmbox-compile").tempfile_in(dir).with_context(context)?;
+    let mut file = tempfile::Builder::new()
+        .prefix(".wasmbox-compile")
+        .tempfile_in(dir)
+        .with_context(context)?;
     file.write_all(bytes).with_context(context)?;
     file.as_file().sync_all().with_context(context)?;
-    file.persist(path).map_err(|e| e.error).with_context(context)?;
+    file.persist(path)
+        .map_err(|e| e.error)
+        .with_context(context)?;
     Ok(())
 }
 

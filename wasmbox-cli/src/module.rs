@@ -41,10 +41,14 @@ pub struct BuildOptions {
 /// # Errors
 /// If `path` does not exist, cannot be read, or is none of the three kinds.
 pub fn detect(path: &Path) -> Result<ModuleKind> {
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
     if meta.is_dir() {
         if !path.join("Cargo.toml").is_file() {
-            bail!("{} is a directory but not a cargo package: it has no Cargo.toml", path.display());
+            bail!(
+                "{} is a directory but not a cargo package: it has no Cargo.toml",
+                path.display()
+            );
         }
         return Ok(ModuleKind::CrateDir(path.to_path_buf()));
     }
@@ -57,7 +61,10 @@ pub fn detect(path: &Path) -> Result<ModuleKind> {
     }
     let mut head = Vec::with_capacity(PRECOMPILED_MAGIC.len());
     File::open(path)
-        .and_then(|f| f.take(PRECOMPILED_MAGIC.len() as u64).read_to_end(&mut head))
+        .and_then(|f| {
+            f.take(PRECOMPILED_MAGIC.len() as u64)
+                .read_to_end(&mut head)
+        })
         .with_context(|| format!("cannot read {}", path.display()))?;
     if head.starts_with(&WASM_MAGIC) {
         Ok(ModuleKind::Wasm(path.to_path_buf()))
@@ -78,9 +85,8 @@ pub fn detect(path: &Path) -> Result<ModuleKind> {
 /// If detection, the build or loading fails.
 pub fn load(path: &Path, build: &BuildOptions) -> Result<WasmBoxModule> {
     match detect(path)? {
-        ModuleKind::Wasm(file) => {
-            WasmBoxModule::from_file(&file).with_context(|| format!("cannot load {}", file.display()))
-        }
+        ModuleKind::Wasm(file) => WasmBoxModule::from_file(&file)
+            .with_context(|| format!("cannot load {}", file.display())),
         ModuleKind::Precompiled(file) => {
             // SAFETY: `from_compiled_file` runs the file's machine code unchecked. The file
             // starts with the magic bytes of `wasmbox-cli compile`, and the CLI's contract
@@ -92,7 +98,8 @@ pub fn load(path: &Path, build: &BuildOptions) -> Result<WasmBoxModule> {
         }
         ModuleKind::CrateDir(dir) => {
             let wasm = build_crate(&dir, build)?;
-            WasmBoxModule::from_file(&wasm).with_context(|| format!("cannot load {}", wasm.display()))
+            WasmBoxModule::from_file(&wasm)
+                .with_context(|| format!("cannot load {}", wasm.display()))
         }
     }
 }
@@ -107,7 +114,10 @@ pub fn wasm_bytes(path: &Path, build: &BuildOptions) -> Result<Vec<u8>> {
         ModuleKind::Wasm(file) => file,
         ModuleKind::CrateDir(dir) => build_crate(&dir, build)?,
         ModuleKind::Precompiled(file) => {
-            bail!("{} is already precompiled: give `compile` the .wasm file it was made from", file.display())
+            bail!(
+                "{} is already precompiled: give `compile` the .wasm file it was made from",
+                file.display()
+            )
         }
     };
     std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))
@@ -127,20 +137,33 @@ fn cargo() -> OsString {
 pub fn build_crate(dir: &Path, build: &BuildOptions) -> Result<PathBuf> {
     ensure_target(dir)?;
     let manifest = dir.join("Cargo.toml");
-    eprintln!("wasmbox-cli: building {} for {GUEST_TARGET} (release)", dir.display());
+    eprintln!(
+        "wasmbox-cli: building {} for {GUEST_TARGET} (release)",
+        dir.display()
+    );
     let mut command = Command::new(cargo());
     command
         .current_dir(dir)
-        .args(["build", "--release", "--target", GUEST_TARGET, "--message-format=json-render-diagnostics"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            GUEST_TARGET,
+            "--message-format=json-render-diagnostics",
+        ])
         .arg("--manifest-path")
         .arg(std::path::absolute(&manifest).unwrap_or(manifest))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     if let Some(target_dir) = &build.target_dir {
-        command.arg("--target-dir").arg(std::path::absolute(target_dir).unwrap_or_else(|_| target_dir.clone()));
+        command
+            .arg("--target-dir")
+            .arg(std::path::absolute(target_dir).unwrap_or_else(|_| target_dir.clone()));
     }
-    let mut child = command.spawn().context("cannot run cargo (is it installed and on PATH?)")?;
+    let mut child = command
+        .spawn()
+        .context("cannot run cargo (is it installed and on PATH?)")?;
     let mut wasm = Vec::new();
     if let Some(stdout) = child.stdout.take() {
         for line in BufReader::new(stdout).lines() {
@@ -150,7 +173,10 @@ pub fn build_crate(dir: &Path, build: &BuildOptions) -> Result<PathBuf> {
     }
     let status = child.wait().context("cannot wait for cargo")?;
     if !status.success() {
-        bail!("cargo could not build {} ({status}); its messages are above", dir.display());
+        bail!(
+            "cargo could not build {} ({status}); its messages are above",
+            dir.display()
+        );
     }
     wasm.sort();
     wasm.dedup();
@@ -203,14 +229,24 @@ fn ensure_target(dir: &Path) -> Result<()> {
         .output();
     let output = match listed {
         Ok(output) if output.status.success() => output,
-        Ok(output) => bail!("`rustup target list --installed` failed ({})", output.status),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return check_target_without_rustup(dir),
+        Ok(output) => bail!(
+            "`rustup target list --installed` failed ({})",
+            output.status
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return check_target_without_rustup(dir);
+        }
         Err(e) => return Err(e).context("cannot run rustup"),
     };
-    if String::from_utf8_lossy(&output.stdout).lines().any(|l| l.trim() == GUEST_TARGET) {
+    if String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .any(|l| l.trim() == GUEST_TARGET)
+    {
         return Ok(());
     }
-    eprintln!("wasmbox-cli: the {GUEST_TARGET} target is not installed; installing it with `rustup target add {GUEST_TARGET}`");
+    eprintln!(
+        "wasmbox-cli: the {GUEST_TARGET} target is not installed; installing it with `rustup target add {GUEST_TARGET}`"
+    );
     let status = Command::new("rustup")
         .current_dir(dir)
         .args(["target", "add", GUEST_TARGET])
@@ -229,11 +265,21 @@ fn ensure_target(dir: &Path) -> Result<()> {
 /// to install it if it is missing. If rustc itself cannot be asked, lets cargo find out.
 fn check_target_without_rustup(dir: &Path) -> Result<()> {
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let Ok(output) = Command::new(rustc).current_dir(dir).args(["--print", "sysroot"]).output() else {
+    let Ok(output) = Command::new(rustc)
+        .current_dir(dir)
+        .args(["--print", "sysroot"])
+        .output()
+    else {
         return Ok(());
     };
     let sysroot = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-    if !output.status.success() || sysroot.join("lib").join("rustlib").join(GUEST_TARGET).is_dir() {
+    if !output.status.success()
+        || sysroot
+            .join("lib")
+            .join("rustlib")
+            .join(GUEST_TARGET)
+            .is_dir()
+    {
         return Ok(());
     }
     bail!(
@@ -251,7 +297,10 @@ mod tests {
     #[test]
     fn accept_wasm_artifact_lines() -> Result<()> {
         let line = r#"{"reason":"compiler-artifact","target":{"kind":["cdylib"]},"filenames":["/t/wasm32-wasip1/release/counter.wasm"],"fresh":true}"#;
-        assert_eq!(wasm_artifacts(line), [PathBuf::from("/t/wasm32-wasip1/release/counter.wasm")]);
+        assert_eq!(
+            wasm_artifacts(line),
+            [PathBuf::from("/t/wasm32-wasip1/release/counter.wasm")]
+        );
         Ok(())
     }
 
@@ -270,9 +319,15 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let garbage = dir.path().join("garbage.wasm");
         std::fs::write(&garbage, b"hello world")?;
-        let message = format!("{:#}", detect(&garbage).err().context("garbage was accepted")?);
+        let message = format!(
+            "{:#}",
+            detect(&garbage).err().context("garbage was accepted")?
+        );
         assert!(message.contains("is not a WasmBox module"), "{message}");
-        assert!(detect(dir.path()).is_err(), "a directory without Cargo.toml was accepted");
+        assert!(
+            detect(dir.path()).is_err(),
+            "a directory without Cargo.toml was accepted"
+        );
         Ok(())
     }
 
@@ -284,10 +339,19 @@ mod tests {
         assert_eq!(detect(&wasm)?, ModuleKind::Wasm(wasm.clone()));
         let compiled = dir.path().join("m.wasm");
         std::fs::write(&compiled, PRECOMPILED_MAGIC)?;
-        assert_eq!(detect(&compiled)?, ModuleKind::Precompiled(compiled.clone()));
+        assert_eq!(
+            detect(&compiled)?,
+            ModuleKind::Precompiled(compiled.clone())
+        );
         std::fs::write(dir.path().join("Cargo.toml"), "[package]\n")?;
-        assert_eq!(detect(dir.path())?, ModuleKind::CrateDir(dir.path().to_path_buf()));
-        assert_eq!(detect(&dir.path().join("Cargo.toml"))?, ModuleKind::CrateDir(dir.path().to_path_buf()));
+        assert_eq!(
+            detect(dir.path())?,
+            ModuleKind::CrateDir(dir.path().to_path_buf())
+        );
+        assert_eq!(
+            detect(&dir.path().join("Cargo.toml"))?,
+            ModuleKind::CrateDir(dir.path().to_path_buf())
+        );
         Ok(())
     }
 }

@@ -81,10 +81,14 @@ pub fn parse_line(line: &str) -> Result<Line<'_>, BadLine> {
     match (command, argument) {
         ("snapshot", path) => Ok(Line::Snapshot(path.map(Path::new))),
         ("restore", Some(path)) => Ok(Line::Restore(Path::new(path))),
-        ("restore", None) => Err(BadLine("`!!restore` needs the path of a snapshot file".into())),
+        ("restore", None) => Err(BadLine(
+            "`!!restore` needs the path of a snapshot file".into(),
+        )),
         ("clock", None) => Ok(Line::Clock(None)),
         ("clock", Some(millis)) => millis.parse().map(|m| Line::Clock(Some(m))).map_err(|_| {
-            BadLine(format!("`!!clock` takes a time in milliseconds since the Unix epoch, not `{millis}`"))
+            BadLine(format!(
+                "`!!clock` takes a time in milliseconds since the Unix epoch, not `{millis}`"
+            ))
         }),
         ("help", None) => Ok(Line::Help),
         ("help", Some(_)) => Err(BadLine("`!!help` takes no argument".into())),
@@ -122,7 +126,10 @@ pub struct Relay {
 
 impl fmt::Debug for Relay {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Relay").field("host", &self.host).field("snapshot_dir", &self.snapshot_dir).finish()
+        f.debug_struct("Relay")
+            .field("host", &self.host)
+            .field("snapshot_dir", &self.snapshot_dir)
+            .finish()
     }
 }
 
@@ -143,12 +150,15 @@ impl Relay {
                     .with_context(|| format!("cannot start from the snapshot {}", path.display()))?
             }
             None => {
-                let builder = builder.start_time(options.start_time.unwrap_or_else(real_time_millis));
+                let builder =
+                    builder.start_time(options.start_time.unwrap_or_else(real_time_millis));
                 let builder = match options.seed {
                     Some(seed) => builder.seed(seed),
                     None => builder,
                 };
-                builder.build(stdout.callback()).context("the guest failed to start")?
+                builder
+                    .build(stdout.callback())
+                    .context("the guest failed to start")?
             }
         };
         let relay = Relay {
@@ -175,12 +185,16 @@ impl Relay {
                 Input::NotUtf8 => eprintln!("error: the line is not valid UTF-8; nothing was sent"),
                 Input::Line(line) => {
                     if let Err(e) = self.handle(&line) {
-                        eprintln!("error: {e:#}");
+                        // One line per error, even when a guest's panic message has several.
+                        eprintln!("error: {}", format!("{e:#}").replace(['\r', '\n'], " "));
                     }
                 }
             }
             match self.stdout.check() {
-                Err(e) if e.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) => {
+                Err(e)
+                    if e.downcast_ref::<io::Error>()
+                        .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) =>
+                {
                     return Ok(());
                 }
                 other => other?,
@@ -244,7 +258,8 @@ impl Relay {
                 if let Err(e) = self.host.snapshot_to_file(&path) {
                     // The empty file that reserved the name is ours.
                     let _ = std::fs::remove_file(&path);
-                    return Err(e).with_context(|| format!("cannot write a snapshot to {}", path.display()));
+                    return Err(e)
+                        .with_context(|| format!("cannot write a snapshot to {}", path.display()));
                 }
                 path
             }
@@ -257,21 +272,26 @@ impl Relay {
     /// opening an existing file), so that no snapshot is ever overwritten.
     fn reserve_snapshot_path(&mut self) -> Result<PathBuf> {
         let dir = &self.snapshot_dir;
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create the snapshot dir {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the snapshot dir {}", dir.display()))?;
         loop {
             self.last_snapshot_number += 1;
             let path = dir.join(format!("snapshot-{}.snap", self.last_snapshot_number));
             match OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(_) => return Ok(path),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot create {}", path.display()));
+                }
             }
         }
     }
 
     fn restore(&mut self, path: &Path) -> Result<()> {
         let snapshot = read_snapshot(path)?;
-        self.host.restore_snapshot(&snapshot).with_context(|| format!("cannot restore {}", path.display()))?;
+        self.host
+            .restore_snapshot(&snapshot)
+            .with_context(|| format!("cannot restore {}", path.display()))?;
         self.clock.was_set();
         eprintln!("restored {}", path.display());
         Ok(())
@@ -312,7 +332,10 @@ struct ClockRule {
 
 impl ClockRule {
     fn new(frozen: bool) -> Self {
-        ClockRule { frozen, last_moved: Instant::now() }
+        ClockRule {
+            frozen,
+            last_moved: Instant::now(),
+        }
     }
 
     /// The box's clock was just set (`!!clock`, restore): it goes on from there.
@@ -359,7 +382,12 @@ impl GuestOutput {
 
     /// The write error, if one happened.
     fn check(&self) -> Result<()> {
-        match self.error.lock().unwrap_or_else(PoisonError::into_inner).take() {
+        match self
+            .error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
             Some(e) => Err(e).context("cannot write the guest's output to stdout"),
             None => Ok(()),
         }
@@ -405,16 +433,28 @@ mod tests {
     fn accept_snapshot_with_and_without_path() -> Result<()> {
         assert_eq!(parse_line("!!snapshot"), Ok(Line::Snapshot(None)));
         assert_eq!(parse_line("!!snapshot   "), Ok(Line::Snapshot(None)));
-        assert_eq!(parse_line("!!snapshot /tmp/a b.snap "), Ok(Line::Snapshot(Some(Path::new("/tmp/a b.snap")))));
+        assert_eq!(
+            parse_line("!!snapshot /tmp/a b.snap "),
+            Ok(Line::Snapshot(Some(Path::new("/tmp/a b.snap"))))
+        );
         Ok(())
     }
 
     #[test]
     fn accept_restore_clock_help() -> Result<()> {
-        assert_eq!(parse_line("!!restore x.snap"), Ok(Line::Restore(Path::new("x.snap"))));
-        assert_eq!(parse_line("!!restore\tx.snap"), Ok(Line::Restore(Path::new("x.snap"))));
+        assert_eq!(
+            parse_line("!!restore x.snap"),
+            Ok(Line::Restore(Path::new("x.snap")))
+        );
+        assert_eq!(
+            parse_line("!!restore\tx.snap"),
+            Ok(Line::Restore(Path::new("x.snap")))
+        );
         assert_eq!(parse_line("!!clock"), Ok(Line::Clock(None)));
-        assert_eq!(parse_line("!!clock 1700000000000"), Ok(Line::Clock(Some(1_700_000_000_000))));
+        assert_eq!(
+            parse_line("!!clock 1700000000000"),
+            Ok(Line::Clock(Some(1_700_000_000_000)))
+        );
         assert_eq!(parse_line("!!help"), Ok(Line::Help));
         Ok(())
     }

@@ -33,12 +33,14 @@ mod limits;
 mod module;
 mod sandbox;
 pub mod snapshot;
+mod template;
 
 pub use error::{Error, SnapshotError};
 pub use limits::{LimitKind, Limits};
 pub use module::{ModuleOptions, PRECOMPILED_MAGIC, WasmBoxModule};
 pub use sandbox::{Clock, DEFAULT_SEED, DEFAULT_START_MILLIS};
 pub use snapshot::{GlobalValue, MemoryChunk, MemoryImage, Snapshot, Value};
+pub use template::Template;
 
 use instrument::ValKind;
 use sandbox::BoxState;
@@ -49,7 +51,7 @@ use std::borrow::Borrow;
 use std::marker::PhantomData;
 use std::path::Path;
 use wasmbox::abi::{self, Status};
-use wasmtime::{Global, Memory, Store, Trap, TypedFunc, Val};
+use wasmtime::{Global, InstancePre, Memory, Store, Trap, TypedFunc, Val};
 
 /// Size of a WebAssembly page in bytes.
 pub const PAGE_SIZE: u64 = 65536;
@@ -167,6 +169,25 @@ impl<In, Out: DeserializeOwned> WasmBoxBuilder<In, Out> {
         host.guest_call(|live| live.init.call(&mut live.store, ()))?;
         host.deliver_outputs()?;
         Ok(host)
+    }
+
+    /// Creates the box from a [`Template`] of this builder's module: its memory is mapped
+    /// copy-on-write, so this takes the same time whatever the memory size. The seed set on
+    /// the builder is ignored: the box gets the template's generator, clock and limits.
+    ///
+    /// # Errors
+    /// [`Error::Snapshot`] if the template was prepared from another module.
+    pub fn from_template<F>(
+        mut self,
+        template: &Template,
+        callback: F,
+    ) -> Result<WasmBoxHost<In, Out>, Error>
+    where
+        F: FnMut(Out) + Send + 'static,
+    {
+        self.options.limits = template.inner.limits;
+        let live = Live::from_template(&self.module, &self.options, template)?;
+        Ok(WasmBoxHost::from_live(self, live, Box::new(callback)))
     }
 
     /// Creates the box from a snapshot, without running the guest's initialisation.
@@ -321,6 +342,22 @@ where
     pub fn restore_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), Error> {
         self.live = Live::restored(&self.module, &self.options, snapshot)?;
         self.options.limits = snapshot.limits;
+        self.poisoned = None;
+        self.last_good = None;
+        Ok(())
+    }
+
+    /// Restores a [`Template`]: like [`WasmBoxHost::restore_snapshot`] of the snapshot it
+    /// was prepared from, but the memory is mapped copy-on-write instead of copied.
+    ///
+    /// # Errors
+    /// [`Error::Snapshot`] if the template belongs to another module; the box is then left
+    /// exactly as it was.
+    pub fn restore_template(&mut self, template: &Template) -> Result<(), Error> {
+        let mut options = self.options;
+        options.limits = template.inner.limits;
+        self.live = Live::from_template(&self.module, &options, template)?;
+        self.options = options;
         self.poisoned = None;
         self.last_good = None;
         Ok(())
@@ -573,12 +610,21 @@ fn classify(e: wasmtime::Error, state: &mut BoxState) -> Error {
 impl Live {
     /// A fresh instance with the module's initial state; the guest's init has not run.
     fn new(module: &WasmBoxModule, options: &BoxOptions) -> Result<Live, Error> {
+        Live::instantiate(module, &module.inner.pre, options)
+    }
+
+    /// A fresh instance of `pre`, which is `module` itself or a template of it.
+    fn instantiate(
+        module: &WasmBoxModule,
+        pre: &InstancePre<BoxState>,
+        options: &BoxOptions,
+    ) -> Result<Live, Error> {
         let inner = &module.inner;
         let mut store = Store::new(&inner.engine, BoxState::new(options.seed, &options.limits));
         store.limiter(|s| &mut s.limiter);
         let _ = store.set_fuel(options.limits.fuel_per_message.unwrap_or(u64::MAX));
         store.set_epoch_deadline(options.limits.deadline_ticks());
-        let instance = inner.pre.instantiate(&mut store).map_err(|e| {
+        let instance = pre.instantiate(&mut store).map_err(|e| {
             if store.data().limiter.hit {
                 Error::LimitExceeded {
                     limit: LimitKind::Memory,
@@ -650,6 +696,26 @@ impl Live {
         state.clock = snapshot.clock;
         state.rng = snapshot.rng.clone();
         state.limiter.max_memory_bytes = snapshot.limits.max_memory_bytes;
+        Ok(live)
+    }
+
+    /// A fresh instance of a template: its memory and globals come from the template module.
+    fn from_template(
+        module: &WasmBoxModule,
+        options: &BoxOptions,
+        template: &Template,
+    ) -> Result<Live, Error> {
+        let t = &template.inner;
+        if t.base.inner.fingerprint != module.inner.fingerprint {
+            return Err(Error::Snapshot(SnapshotError::WrongModule {
+                expected: module.fingerprint_hex(),
+                found: t.base.fingerprint_hex(),
+            }));
+        }
+        let mut live = Live::instantiate(&t.base, &t.pre, options)?;
+        let state = live.store.data_mut();
+        state.clock = t.clock;
+        state.rng = t.rng.clone();
         Ok(live)
     }
 

@@ -36,6 +36,10 @@ pub(crate) struct ModuleInner {
     pub pre: InstancePre<BoxState>,
     pub info: ModuleInfo,
     pub fingerprint: [u8; 32],
+    /// The instrumented module bytes (not kept for precompiled modules), for templates.
+    pub instrumented: Option<Arc<[u8]>>,
+    /// The linker with the sandbox's imports, for templates.
+    pub linker: Linker<BoxState>,
     /// Stops the epoch ticker thread when the module is dropped.
     ticker_stop: Arc<AtomicBool>,
 }
@@ -98,7 +102,7 @@ impl WasmBoxModule {
         let engine = engine(options)?;
         let module = Module::new(&engine, &instrumented)
             .map_err(|e| Error::InvalidModule(format!("{e:#}")))?;
-        Self::finish(engine, module, info, fingerprint)
+        Self::finish(engine, module, info, fingerprint, Some(instrumented.into()))
     }
 
     /// Compiles the module ahead of time into a file that [`WasmBoxModule::from_compiled_file`]
@@ -157,7 +161,7 @@ impl WasmBoxModule {
         let module = unsafe { Module::deserialize(&engine, compiled) }.map_err(|e| {
             Error::InvalidModule(format!("the precompiled module cannot be loaded: {e:#}"))
         })?;
-        Self::finish(engine, module, info, *fingerprint)
+        Self::finish(engine, module, info, *fingerprint, None)
     }
 
     fn finish(
@@ -165,6 +169,7 @@ impl WasmBoxModule {
         module: Module,
         info: ModuleInfo,
         fingerprint: [u8; 32],
+        instrumented: Option<Arc<[u8]>>,
     ) -> Result<Self, Error> {
         check_exports(&module)?;
         let mut linker = Linker::new(&engine);
@@ -181,6 +186,8 @@ impl WasmBoxModule {
                 pre,
                 info,
                 fingerprint,
+                instrumented,
+                linker,
                 ticker_stop,
             }),
         })

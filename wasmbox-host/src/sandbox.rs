@@ -344,8 +344,10 @@ fn poll_oneoff(
             _ => return ERRNO_INVAL,
         }
     }
-    if fired.is_empty() {
-        if let Some(wait) = clocks.iter().map(|&(_, wait)| wait).min() {
+    if fired.is_empty()
+        && let Some(wait) = clocks.iter().map(|&(_, wait)| wait).min()
+    {
+        {
             state.clock.advance(Duration::from_nanos(wait));
             fired.extend(
                 clocks

@@ -2,6 +2,8 @@
 //! size, never change the running box; and boxes that receive a random mix of good and bad
 //! messages, snapshots and restores end exactly where boxes that saw only the good ones do.
 
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
 mod common;
 
 use common::{collector, guest, take};

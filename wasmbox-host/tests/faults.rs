@@ -1,6 +1,8 @@
 //! Hostile guests: every fault becomes a typed error, the host keeps running, the box is
 //! poisoned until restored (or rolled back automatically), and limits hold.
 
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
 mod common;
 
 use anyhow::Result;

@@ -1,6 +1,8 @@
 //! Every example guest, built for wasm32-wasip1, driven through the real host with typed
 //! messages.
 
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
 mod common;
 
 use anyhow::Result;

@@ -1,6 +1,8 @@
 //! Snapshots of real guests: differential (snapshot + restore into a fresh host at every point
 //! behaves like running straight through), determinism, large memories, globals, bad input.
 
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
 mod common;
 
 use anyhow::Result;
@@ -12,9 +14,22 @@ use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 use wasmbox_host::{Error, Snapshot, SnapshotError, WasmBoxHost, WasmBoxModule};
 
-/// Runs `script` straight through, and for every k: k messages, snapshot, restore into a
-/// fresh host of a freshly loaded module, the remaining messages. Outputs and final state must
-/// be identical. Every third k goes through a file instead of the in-memory value.
+/// How the state moves from the first box to the second.
+#[derive(Clone, Copy, Debug)]
+enum Transfer {
+    /// `snapshot_state` + `restore_snapshot` into a fresh host of a freshly loaded module.
+    Value,
+    /// `snapshot_to_file` + `restore_snapshot_from_file`, likewise.
+    File,
+    /// `fork`.
+    Fork,
+    /// `prepare_template` + `restore_template` into a fresh host.
+    Template,
+}
+
+/// Runs `script` straight through, and for every k and every way of moving state: k messages,
+/// move the state into a second box, the remaining messages there. Outputs and final state
+/// must be identical to the straight run.
 fn differential<In, Out>(name: &str, script: &[In]) -> Result<()>
 where
     In: Serialize + Clone + 'static,
@@ -31,38 +46,48 @@ where
     let dir = tempfile::tempdir()?;
 
     for k in 0..=script.len() {
-        let (cb, out) = collector::<Out>();
-        let mut first = WasmBoxHost::<In, Out>::new(&module, cb)?;
-        for m in &script[..k] {
-            first.message(m)?;
+        for transfer in [
+            Transfer::Value,
+            Transfer::File,
+            Transfer::Fork,
+            Transfer::Template,
+        ] {
+            let (cb, out) = collector::<Out>();
+            let mut first = WasmBoxHost::<In, Out>::new(&module, cb)?;
+            for m in &script[..k] {
+                first.message(m)?;
+            }
+            let (cb2, out2) = collector::<Out>();
+            let mut second = match transfer {
+                Transfer::Fork => first.fork(cb2)?,
+                _ => {
+                    // A fresh module, as another process would load it.
+                    let fresh_module = WasmBoxModule::from_file(guest(name))?;
+                    let mut second = WasmBoxHost::<In, Out>::new(&fresh_module, cb2)?;
+                    take(&out2); // whatever its own init said
+                    match transfer {
+                        Transfer::Value => second.restore_snapshot(&first.snapshot_state()?)?,
+                        Transfer::File => {
+                            let path = dir.path().join(format!("{name}-{k}.snap"));
+                            first.snapshot_to_file(&path)?;
+                            second.restore_snapshot_from_file(&path)?;
+                        }
+                        _ => second.restore_template(
+                            &fresh_module.prepare_template(&first.snapshot_state()?)?,
+                        )?,
+                    }
+                    second
+                }
+            };
+            for m in &script[k..] {
+                second.message(m)?;
+            }
+            let mut outputs = take(&out);
+            outputs.extend(take(&out2));
+            let what = format!("{name}, {transfer:?} after {k} messages");
+            assert_eq!(outputs, expected_outputs, "{what}: outputs differ");
+            assert_state_eq(&second.snapshot_state()?, &expected_state, &what);
         }
-        // A fresh module, as another process would load it.
-        let fresh_module = WasmBoxModule::from_file(guest(name))?;
-        let (cb2, out2) = collector::<Out>();
-        let mut second = WasmBoxHost::<In, Out>::new(&fresh_module, cb2)?;
-        take(&out2); // whatever its own init said
-        if k % 3 == 0 {
-            let path = dir.path().join(format!("{name}-{k}.snap"));
-            first.snapshot_to_file(&path)?;
-            second.restore_snapshot_from_file(&path)?;
-        } else {
-            second.restore_snapshot(&first.snapshot_state()?)?;
-        }
-        for m in &script[k..] {
-            second.message(m)?;
-        }
-        let mut outputs = take(&out);
-        outputs.extend(take(&out2));
-        assert_eq!(
-            outputs, expected_outputs,
-            "{name}: outputs differ when restored after {k} messages"
-        );
-        let state = second.snapshot_state()?;
-        assert_state_eq(
-            &state,
-            &expected_state,
-            &format!("{name}, restored after {k}"),
-        );
     }
     Ok(())
 }
@@ -276,7 +301,7 @@ fn accept_64_mib_memory_into_fresh_host_and_shrink_back() -> Result<()> {
         WasmBoxHost::<Request, Summary>::new(&WasmBoxModule::from_file(guest("memory"))?, cb2)?;
     fresh.restore_snapshot_from_file(&path)?;
     fresh.message(&Request::Sum)?;
-    assert_eq!(take(&out2), [big_summary.clone()]);
+    assert_eq!(take(&out2), std::slice::from_ref(&big_summary));
     assert_eq!(fresh.memory_size(), host.memory_size());
 
     // Restoring the small snapshot into the big box leaves exactly the small memory.
@@ -288,6 +313,39 @@ fn accept_64_mib_memory_into_fresh_host_and_shrink_back() -> Result<()> {
     fresh.message(&Request::Sum)?;
     assert_eq!(take(&out2)[0].len, 0);
     assert!(fresh.snapshot_state()?.memory == small.memory);
+    Ok(())
+}
+
+#[test]
+fn accept_templates_restore_many_times_and_fork_is_independent() -> Result<()> {
+    let module = WasmBoxModule::from_file(guest("memory"))?;
+    let (cb, out) = collector::<Summary>();
+    let mut host = WasmBoxHost::<Request, Summary>::new(&module, cb)?;
+    host.message(&Request::Grow { mib: 3, seed: 5 })?;
+    let warm = take(&out).pop().unwrap();
+    let template = module.prepare_template(&host.snapshot_state()?)?;
+    for _ in 0..3 {
+        let (cb, out) = collector::<Summary>();
+        let mut b =
+            WasmBoxHost::<Request, Summary>::builder(&module).from_template(&template, cb)?;
+        b.message(&Request::Sum)?;
+        b.message(&Request::Grow { mib: 1, seed: 1 })?; // writes stay private to this box
+        assert_eq!(take(&out)[0], warm);
+    }
+    // The fork changes without touching its parent.
+    let mut fork = host.fork(|_| {})?;
+    fork.message(&Request::Clear)?;
+    host.message(&Request::Sum)?;
+    assert_eq!(take(&out), [warm]);
+    // A template of another module is refused and the box is untouched.
+    let (cb, _o) = collector::<String>();
+    let mut counter = WasmBoxHost::<String, String>::from_wasm_file(guest("counter"), cb)?;
+    let err = counter.restore_template(&template).unwrap_err();
+    assert!(
+        matches!(err, Error::Snapshot(SnapshotError::WrongModule { .. })),
+        "{err}"
+    );
+    counter.message("up")?;
     Ok(())
 }
 
