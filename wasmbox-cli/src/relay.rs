@@ -141,7 +141,10 @@ impl Relay {
     /// If the snapshot cannot be read or used, or the guest fails to start.
     pub fn start(module: &WasmBoxModule, options: SessionOptions) -> Result<Relay> {
         let stdout = GuestOutput::default();
-        let builder = WasmBoxHost::<String, String>::builder(module).rollback_on_trap(true);
+        let builder = WasmBoxHost::<String, String>::builder(module)
+            .rollback_on_trap(true)
+            // stdout carries only the guest's messages.
+            .guest_stdout_to_stderr(true);
         let host = match &options.restore {
             Some(path) => {
                 let snapshot = read_snapshot(path)?;

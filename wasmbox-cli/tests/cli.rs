@@ -217,6 +217,18 @@ fn accept_guest_trap_rolls_back_and_goes_on() -> Result<()> {
 }
 
 #[test]
+fn accept_guest_printing_kept_off_stdout() -> Result<()> {
+    let run = run_guest(&guest("faults")?, &[], "print\nup\n")?.success()?;
+    assert_eq!(run.lines(), ["printed", "value=1"]);
+    ensure!(
+        run.stderr.contains("printed by the guest on its stdout"),
+        "stderr:\n{}",
+        run.stderr
+    );
+    Ok(())
+}
+
+#[test]
 fn accept_two_unnamed_snapshots_as_distinct_new_files() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let existing = dir.path().join("snapshot-1.snap");

@@ -92,6 +92,7 @@ struct BoxOptions {
     start_millis: u64,
     limits: Limits,
     rollback_on_trap: bool,
+    stdout_to_stderr: bool,
 }
 
 /// An instance and the handles the host uses on it.
@@ -148,6 +149,13 @@ impl<In, Out: DeserializeOwned> WasmBoxBuilder<In, Out> {
     /// snapshot (a copy of the memory in use) per message. Default: off.
     pub fn rollback_on_trap(mut self, enabled: bool) -> Self {
         self.options.rollback_on_trap = enabled;
+        self
+    }
+
+    /// Send what the guest prints on its stdout to the host's stderr instead of the host's
+    /// stdout, e.g. when the host's stdout carries the guest's messages. Default: off.
+    pub fn guest_stdout_to_stderr(mut self, enabled: bool) -> Self {
+        self.options.stdout_to_stderr = enabled;
         self
     }
 
@@ -230,6 +238,7 @@ where
                 start_millis: DEFAULT_START_MILLIS,
                 limits: Limits::default(),
                 rollback_on_trap: false,
+                stdout_to_stderr: false,
             },
         }
     }
@@ -620,7 +629,10 @@ impl Live {
         options: &BoxOptions,
     ) -> Result<Live, Error> {
         let inner = &module.inner;
-        let mut store = Store::new(&inner.engine, BoxState::new(options.seed, &options.limits));
+        let mut store = Store::new(
+            &inner.engine,
+            BoxState::new(options.seed, &options.limits, options.stdout_to_stderr),
+        );
         store.limiter(|s| &mut s.limiter);
         let _ = store.set_fuel(options.limits.fuel_per_message.unwrap_or(u64::MAX));
         store.set_epoch_deadline(options.limits.deadline_ticks());

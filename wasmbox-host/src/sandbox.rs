@@ -106,9 +106,9 @@ pub(crate) struct BoxState {
 }
 
 impl BoxState {
-    pub fn new(seed: u64, limits: &crate::Limits) -> BoxState {
+    pub fn new(seed: u64, limits: &crate::Limits, stdout_to_stderr: bool) -> BoxState {
         BoxState {
-            wasi: no_ambient_wasi(),
+            wasi: no_ambient_wasi(stdout_to_stderr),
             clock: Clock::default(),
             rng: ChaCha20Rng::seed_from_u64(seed),
             limiter: crate::limits::Limiter {
@@ -124,12 +124,18 @@ impl BoxState {
     }
 }
 
-/// A WASI context with stdout and stderr and nothing else. Its own clocks and generator are
+/// A WASI context with stdout (or, if asked, stdout sent to the host's stderr) and stderr
+/// and nothing else. Its own clocks and generator are
 /// frozen and seeded, though the calls that use them are replaced (see [`add_to_linker`]), so
 /// that nothing real leaks in by any other path either.
-fn no_ambient_wasi() -> WasiP1Ctx {
-    wasmtime_wasi::WasiCtxBuilder::new()
-        .inherit_stdout()
+fn no_ambient_wasi(stdout_to_stderr: bool) -> WasiP1Ctx {
+    let mut builder = wasmtime_wasi::WasiCtxBuilder::new();
+    if stdout_to_stderr {
+        builder.stdout(wasmtime_wasi::cli::stderr());
+    } else {
+        builder.inherit_stdout();
+    }
+    builder
         .inherit_stderr()
         .wall_clock(Frozen)
         .monotonic_clock(Frozen)

@@ -2,7 +2,7 @@
 //! counter like the counter example (`up` replies `value=N`), and on the other messages it:
 //! `panic` panics, `loop` never returns, `bomb` allocates until memory runs out,
 //! `overflow` recurses without end, `divide` divides by zero, `exit` calls `process::exit`,
-//! `flood` sends a 1 MiB output.
+//! `flood` sends a 1 MiB output, `print` prints a line on its WASI stdout and sends `printed`.
 use wasmbox::prelude::*;
 
 #[wasmbox_sync]
@@ -57,6 +57,10 @@ impl WasmBox for Faults {
             }
             "exit" => std::process::exit(3),
             "flood" => (self.callback)("x".repeat(1 << 20)),
+            "print" => {
+                println!("printed by the guest on its stdout");
+                (self.callback)("printed".into());
+            }
             _ => {}
         }
     }
