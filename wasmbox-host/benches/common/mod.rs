@@ -198,7 +198,7 @@ pub fn report_abs(name: &str, op: Option<f64>, floor: Option<f64>, floor_what: &
         fmt_ns(floor),
         op / floor,
         fmt_ns(goal_ns),
-        verdict(op, goal_ns, |x| fmt_ns(x)),
+        verdict(op, goal_ns, fmt_ns),
     ));
 }
 
