@@ -283,7 +283,13 @@ where
             return Err(Error::MessageTooLarge { len, max });
         }
         if self.options.rollback_on_trap {
-            self.last_good = Some(self.capture());
+            match self.last_good.take() {
+                Some(mut good) => {
+                    self.capture_into(&mut good);
+                    self.last_good = Some(good);
+                }
+                None => self.last_good = Some(self.capture()),
+            }
         }
         let scratch = std::mem::take(&mut self.scratch);
         let status = self.guest_call(|live| live.send_input(&scratch));
@@ -308,6 +314,18 @@ where
     pub fn snapshot_state(&mut self) -> Result<Snapshot, Error> {
         self.check_usable()?;
         Ok(self.capture())
+    }
+
+    /// Like [`WasmBoxHost::snapshot_state`], but into an existing snapshot, reusing its memory
+    /// buffers: taking snapshots repeatedly (every message, say) then copies memory into
+    /// memory that is already allocated and touched, instead of faulting in fresh pages.
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`] if the box is poisoned; `target` is then unchanged.
+    pub fn snapshot_into(&mut self, target: &mut Snapshot) -> Result<(), Error> {
+        self.check_usable()?;
+        self.capture_into(target);
+        Ok(())
     }
 
     /// Writes a snapshot of the box to `path` atomically: afterwards the file holds either
@@ -352,7 +370,6 @@ where
         self.live = Live::restored(&self.module, &self.options, snapshot)?;
         self.options.limits = snapshot.limits;
         self.poisoned = None;
-        self.last_good = None;
         Ok(())
     }
 
@@ -368,7 +385,6 @@ where
         self.live = Live::from_template(&self.module, &options, template)?;
         self.options = options;
         self.poisoned = None;
-        self.last_good = None;
         Ok(())
     }
 
@@ -466,28 +482,50 @@ where
     }
 
     fn capture(&mut self) -> Snapshot {
-        let globals = self.live.read_globals(&self.module);
-        let live = &self.live;
-        let data = live.memory.data(&live.store);
-        let state = live.store.data();
-        Snapshot {
+        let state = self.live.store.data();
+        let mut snapshot = Snapshot {
             format_version: snapshot::FORMAT_VERSION,
             module_fingerprint: self.module.inner.fingerprint,
             memory: MemoryImage {
-                pages: data.len() as u64 / PAGE_SIZE,
-                chunks: snapshot::nonzero_runs(data)
-                    .into_iter()
-                    .map(|(offset, bytes)| MemoryChunk {
-                        offset,
-                        bytes: bytes.to_vec(),
-                    })
-                    .collect(),
+                pages: 0,
+                chunks: Vec::new(),
             },
-            globals,
+            globals: Vec::new(),
             clock: state.clock,
             rng: state.rng.clone(),
             limits: self.options.limits,
+        };
+        self.capture_into(&mut snapshot);
+        snapshot
+    }
+
+    /// Overwrites `target` with the box's state, reusing the buffers of its memory chunks.
+    fn capture_into(&mut self, target: &mut Snapshot) {
+        target.globals = self.live.read_globals(&self.module);
+        let live = &self.live;
+        let data = live.memory.data(&live.store);
+        let state = live.store.data();
+        // Old buffers, smallest capacity first, handed out to the runs that fit them.
+        let mut spare: Vec<Vec<u8>> = target.memory.chunks.drain(..).map(|c| c.bytes).collect();
+        spare.sort_by_key(Vec::capacity);
+        for (offset, bytes) in snapshot::nonzero_runs(data) {
+            let mut buffer = match spare.iter().position(|b| b.capacity() >= bytes.len()) {
+                Some(i) => spare.remove(i),
+                None => Vec::new(),
+            };
+            buffer.clear();
+            buffer.extend_from_slice(bytes);
+            target.memory.chunks.push(MemoryChunk {
+                offset,
+                bytes: buffer,
+            });
         }
+        target.format_version = snapshot::FORMAT_VERSION;
+        target.module_fingerprint = self.module.inner.fingerprint;
+        target.memory.pages = data.len() as u64 / PAGE_SIZE;
+        target.clock = state.clock;
+        target.rng = state.rng.clone();
+        target.limits = self.options.limits;
     }
 
     /// Runs a guest call under the box's limits and turns a failure into an error, poisoning

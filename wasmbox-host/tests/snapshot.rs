@@ -350,6 +350,31 @@ fn accept_templates_restore_many_times_and_fork_is_independent() -> Result<()> {
 }
 
 #[test]
+fn accept_snapshot_into_reuses_any_previous_snapshot() -> Result<()> {
+    let module = WasmBoxModule::from_file(guest("memory"))?;
+    let (cb, _out) = collector::<Summary>();
+    let mut host = WasmBoxHost::<Request, Summary>::new(&module, cb)?;
+    let mut reused = host.snapshot_state()?;
+    for request in [
+        Request::Grow { mib: 3, seed: 1 },
+        Request::Grow { mib: 1, seed: 2 },
+        Request::Clear,
+        Request::Reserve { mib: 4 },
+        Request::Grow { mib: 2, seed: 3 },
+    ] {
+        host.message(&request)?;
+        host.snapshot_into(&mut reused)?;
+        assert!(reused == host.snapshot_state()?, "after {request:?}");
+    }
+    // A snapshot of another box's larger state is overwritten completely too.
+    let (cb, _o) = collector::<Summary>();
+    let mut small = WasmBoxHost::<Request, Summary>::new(&module, cb)?;
+    small.snapshot_into(&mut reused)?;
+    assert!(reused == small.snapshot_state()?);
+    Ok(())
+}
+
+#[test]
 fn accept_sparse_memory_snapshots_by_content() -> Result<()> {
     let (cb, _out) = collector::<Summary>();
     let mut host =
