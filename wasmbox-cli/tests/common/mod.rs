@@ -5,51 +5,19 @@
 use anyhow::{Context, Result, ensure};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+
+#[path = "../../../wasmbox-host/tests/common/guests.rs"]
+mod guests;
+pub use guests::guest_target_dir;
 
 /// The workspace root.
-pub fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap_or(Path::new(".."))
-}
-
-/// The target dir the example guests are built in. It is not the workspace's own target
-/// dir: a nested cargo build there would wait forever for the lock the outer `cargo test`
-/// holds.
-pub fn guest_target_dir() -> PathBuf {
-    root().join("target").join("guests")
+pub fn root() -> PathBuf {
+    guests::workspace()
 }
 
 /// Path of the built example guest `name` (e.g. `counter`).
 pub fn guest(name: &str) -> Result<PathBuf> {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let dir = BUILT.get_or_init(|| {
-        let target_dir = guest_target_dir();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "wasm32-wasip1",
-                "--manifest-path",
-            ])
-            .arg(root().join("examples").join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target_dir)
-            .status()
-            .map_err(|e| format!("cannot run cargo to build the example guests: {e}"))?;
-        if !status.success() {
-            return Err(format!("building the example guests failed ({status})"));
-        }
-        Ok(target_dir.join("wasm32-wasip1").join("release"))
-    });
-    let dir = dir.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let path = dir.join(format!("{name}.wasm"));
-    ensure!(path.exists(), "no guest at {}", path.display());
-    Ok(path)
+    guests::try_guest(name).map_err(|e| anyhow::anyhow!(e))
 }
 
 /// What a finished run printed.

@@ -2,42 +2,15 @@
 //! binary (cargo's own lock serialises concurrent builds) and hands out their paths.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::path::PathBuf;
 
-/// The workspace root.
-pub fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-}
+#[path = "guests.rs"]
+mod guests;
+pub use guests::*;
 
 /// Path of the built example guest `name` (e.g. `counter`).
 pub fn guest(name: &str) -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let dir = BUILT.get_or_init(|| {
-        let target_dir = root().join("target").join("guests");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "wasm32-wasip1",
-                "--manifest-path",
-            ])
-            .arg(root().join("examples").join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target_dir)
-            .status()
-            .expect("run cargo to build the example guests");
-        assert!(status.success(), "building the example guests failed");
-        target_dir.join("wasm32-wasip1").join("release")
-    });
-    let path = dir.join(format!("{name}.wasm"));
-    assert!(path.exists(), "no guest at {}", path.display());
-    path
+    try_guest(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Bytes of the built example guest `name`.

@@ -1,0 +1,52 @@
+//! Builds the example guests for wasm32-wasip1, once per process, and finds them. Shared by
+//! the host's tests and benchmarks and the CLI's tests (included with `#[path]`), as wasmtime's
+//! test programs are built by one step and loaded by path.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The target dir the example guests are built in. It is not the workspace's own target dir:
+/// a nested cargo build there would wait forever for the lock the outer cargo holds.
+pub fn guest_target_dir() -> PathBuf {
+    workspace().join("target").join("guests")
+}
+
+/// The workspace root (every crate that includes this file sits one level below it).
+pub fn workspace() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}
+
+/// Path of the built example guest `name` (e.g. `counter`), building all of them first if
+/// this process has not yet.
+pub fn try_guest(name: &str) -> Result<PathBuf, String> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let target_dir = guest_target_dir();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip1",
+                "--manifest-path",
+            ])
+            .arg(workspace().join("examples").join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .status()
+            .map_err(|e| format!("cannot run cargo to build the example guests: {e}"))?;
+        if !status.success() {
+            return Err(format!("building the example guests failed ({status})"));
+        }
+        Ok(target_dir.join("wasm32-wasip1").join("release"))
+    });
+    let path = dir.as_ref()?.join(format!("{name}.wasm"));
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!("no guest at {}", path.display()))
+    }
+}
