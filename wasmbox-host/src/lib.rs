@@ -938,3 +938,18 @@ fn check_snapshot(
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_move_between_threads_and_modules_are_shared() {
+        fn send<T: Send>() {}
+        fn send_sync<T: Send + Sync>() {}
+        send::<WasmBoxHost<String, String>>();
+        send_sync::<WasmBoxModule>();
+        send_sync::<Template>();
+        send_sync::<Snapshot>();
+    }
+}
