@@ -39,6 +39,38 @@ fn bare_call(config: &Config) -> (Store<()>, TypedFunc<u32, u32>) {
     (store, noop)
 }
 
+/// The least fuel — about the number of wasm instructions — with which the guest handles
+/// `text`, found by bisection. Each try restores a snapshot of a warmed box with only its fuel
+/// limit changed, so it counts the first message after a restore, which also runs the guest's
+/// `input_buffer` export once.
+fn guest_fuel(module: &WasmBoxModule, text: &str) -> u64 {
+    let mut warm = WasmBoxHost::<String, String>::new(module, |_: String| {}).expect("box");
+    warm.message(text).expect("message");
+    let base = warm.snapshot_state().expect("snapshot");
+    let enough = |fuel: u64| {
+        let mut snap = base.clone();
+        snap.limits.fuel_per_message = Some(fuel);
+        let mut b = WasmBoxHost::<String, String>::builder(module)
+            .restore(&snap, |_: String| {})
+            .expect("restore");
+        b.message(text).is_ok()
+    };
+    let (mut lo, mut hi) = (0u64, 1u64 << 10);
+    while !enough(hi) {
+        lo = hi;
+        hi *= 2;
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if enough(mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    hi
+}
+
 fn round_trip(c: &mut Criterion) {
     let module = WasmBoxModule::from_file(common::guest("echo")).expect("echo module");
 
@@ -121,9 +153,10 @@ fn round_trip(c: &mut Criterion) {
         );
         if let (Some(op), Some(bare)) = (op, bare) {
             say(format!(
-                "        round_trip_{label}: {} above the bare call ({:.1}x it)",
+                "        round_trip_{label}: {} above the bare call ({:.1}x it); the guest runs {} fuel units (~wasm instructions) per message",
                 fmt_ns(op - bare),
-                op / bare
+                op / bare,
+                guest_fuel(&module, &text),
             ));
         }
     }

@@ -50,6 +50,10 @@ impl Drop for ModuleInner {
     }
 }
 
+/// Bytes of each pooled memory slot kept resident between boxes: a typical Rust guest's
+/// stack, data and first heap pages.
+const POOL_KEEP_RESIDENT: usize = 2 << 20;
+
 /// How modules are compiled and instances allocated.
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]

@@ -153,9 +153,13 @@ pub(crate) struct MemoryChunkRef<'a> {
     pub bytes: &'a [u8],
 }
 
-/// Splits `memory` into runs of pages that are not all zeros: `(offset, bytes)`.
+/// Granularity at which all-zero memory is left out of snapshots: the host's 4 KiB page, finer
+/// than wasm's 64 KiB page, so that a sparse box stores little more than what it uses.
+const ZERO_BLOCK: usize = 4096;
+
+/// Splits `memory` into runs of 4 KiB blocks that are not all zeros: `(offset, bytes)`.
 pub(crate) fn nonzero_runs(memory: &[u8]) -> Vec<(u64, &[u8])> {
-    let page = PAGE_SIZE as usize;
+    let page = ZERO_BLOCK;
     let mut runs: Vec<(usize, usize)> = Vec::new();
     for (i, chunk) in memory.chunks(page).enumerate() {
         if is_zero(chunk) {
@@ -437,14 +441,16 @@ mod tests {
     }
 
     #[test]
-    fn zero_pages_are_skipped() {
+    fn zero_blocks_are_skipped() {
         let mut mem = vec![0u8; 4 * PAGE_SIZE as usize];
-        mem[PAGE_SIZE as usize + 5] = 1;
-        mem[2 * PAGE_SIZE as usize] = 2;
+        let p = PAGE_SIZE as usize;
+        mem[p + 5] = 1;
+        mem[p + 4096] = 1; // the next 4 KiB block: same run
+        mem[2 * p] = 2; // a separate run
         let runs = nonzero_runs(&mem);
-        assert_eq!(runs.len(), 1);
-        assert_eq!(runs[0].0, PAGE_SIZE);
-        assert_eq!(runs[0].1.len(), 2 * PAGE_SIZE as usize);
+        assert_eq!(runs.len(), 2);
+        assert_eq!((runs[0].0, runs[0].1.len()), (PAGE_SIZE, 8192));
+        assert_eq!((runs[1].0, runs[1].1.len()), (2 * PAGE_SIZE, 4096));
     }
 
     #[test]

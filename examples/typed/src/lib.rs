@@ -3,6 +3,7 @@
 //! (`crate-type` includes `rlib`) and exchange real typed values with the guest.
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use wasmbox::prelude::*;
 
 /// What the host asks the ledger to do.
@@ -61,15 +62,14 @@ async fn run(ctx: WasmBoxContext<Command, Reply>) {
     let mut sequence = 0;
     loop {
         let reply = match ctx.next().await {
-            Command::Open { account, cents } => {
-                if accounts.contains_key(&account) {
-                    Reply::Refused(Refusal::AlreadyOpen(account))
-                } else {
-                    accounts.insert(account, cents);
+            Command::Open { account, cents } => match accounts.entry(account) {
+                Entry::Occupied(taken) => Reply::Refused(Refusal::AlreadyOpen(taken.key().clone())),
+                Entry::Vacant(free) => {
+                    free.insert(cents);
                     sequence += 1;
                     Reply::Done { sequence }
                 }
-            }
+            },
             Command::Transfer { from, to, cents } => match (accounts.get(&from), accounts.get(&to))
             {
                 (None, _) => Reply::Refused(Refusal::NoSuchAccount(from)),
