@@ -222,7 +222,11 @@ fn engine(options: &ModuleOptions) -> Result<Engine, Error> {
         let mut pool = wasmtime::PoolingAllocationConfig::default();
         pool.total_core_instances(count)
             .total_memories(count)
-            .total_tables(count);
+            .total_tables(count)
+            // Reuse a slot's first pages and table as they are (zeroed with memset) instead
+            // of handing them back to the kernel and faulting them in again for the next box.
+            .linear_memory_keep_resident(POOL_KEEP_RESIDENT)
+            .table_keep_resident(64 << 10);
         config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
     }
     Engine::new(&config).map_err(|e| Error::Wasmtime(format!("{e:#}")))

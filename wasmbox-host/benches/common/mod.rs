@@ -6,16 +6,16 @@
 use criterion::BenchmarkGroup;
 use criterion::measurement::WallTime;
 use std::cell::RefCell;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+#[path = "../../tests/common/guests.rs"]
+mod guests;
+
 /// The workspace root.
-pub fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
+pub fn root() -> PathBuf {
+    guests::workspace()
 }
 
 /// The cargo target directory the benchmarks run from.
@@ -25,33 +25,10 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| root().join("target"))
 }
 
-/// Path of the built example guest `name` (e.g. `counter`). The guests are built once per
-/// benchmark binary with their own `--target-dir`, so the nested cargo does not wait for the
-/// lock of the cargo that runs the benchmarks.
+/// Path of the built example guest `name` (e.g. `counter`), built once per benchmark binary
+/// as the tests build them.
 pub fn guest(name: &str) -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let dir = BUILT.get_or_init(|| {
-        let target_dir = root().join("target").join("guests");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "wasm32-wasip1",
-                "--manifest-path",
-            ])
-            .arg(root().join("examples").join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target_dir)
-            .status()
-            .expect("run cargo to build the example guests");
-        assert!(status.success(), "building the example guests failed");
-        target_dir.join("wasm32-wasip1").join("release")
-    });
-    let path = dir.join(format!("{name}.wasm"));
-    assert!(path.exists(), "no guest at {}", path.display());
-    path
+    guests::try_guest(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Bytes of the built example guest `name`.
