@@ -206,7 +206,7 @@ impl<In, Out: DeserializeOwned> WasmBoxBuilder<In, Out> {
     where
         F: FnMut(Out) + Send + 'static,
     {
-        let live = Live::restored(&self.module, &self.options, snapshot)?;
+        let live = Live::restored(&self.module, &self.options, &snapshot.view())?;
         let mut host = WasmBoxHost::from_live(self, live, Box::new(callback));
         host.options.limits = snapshot.limits;
         Ok(host)
@@ -367,6 +367,10 @@ where
     /// [`Error::Snapshot`] if the snapshot is of another module or format, inconsistent, or
     /// larger than the box's memory limit. On error the box is left exactly as it was.
     pub fn restore_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), Error> {
+        self.restore_view(&snapshot.view())
+    }
+
+    fn restore_view(&mut self, snapshot: &snapshot::SnapshotView<'_>) -> Result<(), Error> {
         self.live = Live::restored(&self.module, &self.options, snapshot)?;
         self.options.limits = snapshot.limits;
         self.poisoned = None;
@@ -394,8 +398,9 @@ where
     /// [`Error::Io`] if the file cannot be read, [`Error::Snapshot`] if it is damaged or
     /// does not fit; the box is then left exactly as it was.
     pub fn restore_snapshot_from_file(&mut self, path: impl AsRef<Path>) -> Result<(), Error> {
-        let snapshot = snapshot::read_file(path.as_ref())?;
-        self.restore_snapshot(&snapshot)
+        // The memory chunks are restored straight from the file's bytes, without a copy.
+        let bytes = snapshot::read_file(path.as_ref())?;
+        self.restore_view(&snapshot::decode_view(&bytes)?)
     }
 
     /// A new, independent box whose state equals this one's, made without going through a
@@ -732,15 +737,11 @@ impl Live {
     fn restored(
         module: &WasmBoxModule,
         options: &BoxOptions,
-        snapshot: &Snapshot,
+        snapshot: &snapshot::SnapshotView<'_>,
     ) -> Result<Live, Error> {
         check_snapshot(module, &options.limits, snapshot)?;
         let mut live = Live::new(module, options)?;
-        let chunks = snapshot
-            .memory
-            .chunks
-            .iter()
-            .map(|c| (c.offset, c.bytes.as_slice()));
+        let chunks = snapshot.memory.chunks.iter().map(|c| (c.offset, c.bytes));
         live.load(module, snapshot.memory.pages, chunks, &snapshot.globals)?;
         let state = live.store.data_mut();
         state.clock = snapshot.clock;
@@ -880,7 +881,7 @@ impl Live {
 fn check_snapshot(
     module: &WasmBoxModule,
     limits: &Limits,
-    snapshot: &Snapshot,
+    snapshot: &snapshot::SnapshotView<'_>,
 ) -> Result<(), SnapshotError> {
     if snapshot.format_version != snapshot::FORMAT_VERSION {
         return Err(SnapshotError::Version {

@@ -157,6 +157,60 @@ pub(crate) struct MemoryChunkRef<'a> {
 /// than wasm's 64 KiB page, so that a sparse box stores little more than what it uses.
 const ZERO_BLOCK: usize = 4096;
 
+/// A snapshot whose memory chunks borrow from elsewhere (a file's bytes, or a [`Snapshot`]):
+/// what a restore reads. Decoding a file into it copies no memory.
+#[derive(Deserialize)]
+pub(crate) struct SnapshotView<'a> {
+    pub format_version: u32,
+    pub module_fingerprint: [u8; 32],
+    #[serde(borrow)]
+    pub memory: MemoryView<'a>,
+    pub globals: Vec<GlobalValue>,
+    pub clock: Clock,
+    pub rng: ChaCha20Rng,
+    pub limits: Limits,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct MemoryView<'a> {
+    pub pages: u64,
+    #[serde(borrow)]
+    pub chunks: Vec<ChunkView<'a>>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ChunkView<'a> {
+    pub offset: u64,
+    #[serde(borrow)]
+    pub bytes: &'a [u8],
+}
+
+impl Snapshot {
+    /// The borrowed view of this snapshot.
+    pub(crate) fn view(&self) -> SnapshotView<'_> {
+        SnapshotView {
+            format_version: self.format_version,
+            module_fingerprint: self.module_fingerprint,
+            memory: MemoryView {
+                pages: self.memory.pages,
+                chunks: self
+                    .memory
+                    .chunks
+                    .iter()
+                    .map(|c| ChunkView {
+                        offset: c.offset,
+                        bytes: &c.bytes,
+                    })
+                    .collect(),
+            },
+            globals: self.globals.clone(),
+            clock: self.clock,
+            rng: self.rng.clone(),
+            limits: self.limits,
+        }
+    }
+}
+
 /// Splits `memory` into runs of 4 KiB blocks that are not all zeros: `(offset, bytes)`.
 pub(crate) fn nonzero_runs(memory: &[u8]) -> Vec<(u64, &[u8])> {
     let page = ZERO_BLOCK;
@@ -259,8 +313,8 @@ impl<W: Write> Write for CrcWriter<W> {
     }
 }
 
-/// Reads a snapshot file in one bulk read and decodes it.
-pub(crate) fn read_file(path: &Path) -> Result<Snapshot, Error> {
+/// Reads a snapshot file in one bulk read, allocating exactly its size.
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, Error> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -273,7 +327,7 @@ pub(crate) fn read_file(path: &Path) -> Result<Snapshot, Error> {
         .try_reserve_exact(len as usize)
         .map_err(|e| io(std::io::Error::other(e)))?;
     file.take(len).read_to_end(&mut bytes).map_err(io)?;
-    Ok(decode_file(&bytes)?)
+    Ok(bytes)
 }
 
 /// Encodes a snapshot into the file format, in memory.
@@ -291,6 +345,37 @@ pub fn encode_file(snapshot: &Snapshot) -> Vec<u8> {
 /// # Errors
 /// A [`SnapshotError`] naming what is wrong; never allocates more than `bytes.len()`.
 pub fn decode_file(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
+    let content = checked_content(bytes)?;
+    let snapshot: Snapshot = decode_content(content)?;
+    check_version(snapshot.format_version)?;
+    Ok(snapshot)
+}
+
+/// Decodes a snapshot file's bytes into a view borrowing its memory chunks from `bytes`.
+pub(crate) fn decode_view(bytes: &[u8]) -> Result<SnapshotView<'_>, SnapshotError> {
+    let view: SnapshotView<'_> = decode_content(checked_content(bytes)?)?;
+    check_version(view.format_version)?;
+    Ok(view)
+}
+
+fn decode_content<'a, T: Deserialize<'a>>(content: &'a [u8]) -> Result<T, SnapshotError> {
+    bincode::Options::deserialize(wasmbox::abi::options(content.len() as u64), content)
+        .map_err(|e| SnapshotError::Malformed(format!("the content does not decode: {e}")))
+}
+
+fn check_version(found: u32) -> Result<(), SnapshotError> {
+    if found == FORMAT_VERSION {
+        Ok(())
+    } else {
+        Err(SnapshotError::Version {
+            found,
+            supported: FORMAT_VERSION,
+        })
+    }
+}
+
+/// Checks magic, version, length and checksum, and returns the content after the header.
+fn checked_content(bytes: &[u8]) -> Result<&[u8], SnapshotError> {
     if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
         // A prefix of the magic is a truncated snapshot, anything else is not one.
         if !bytes.is_empty() && MAGIC.starts_with(&bytes[..bytes.len().min(MAGIC.len())]) {
@@ -339,19 +424,11 @@ pub fn decode_file(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
             found: found_crc,
         });
     }
-    let snapshot: Snapshot = bincode::Options::deserialize(wasmbox::abi::options(have), content)
-        .map_err(|e| SnapshotError::Malformed(format!("the content does not decode: {e}")))?;
-    if snapshot.format_version != FORMAT_VERSION {
-        return Err(SnapshotError::Version {
-            found: snapshot.format_version,
-            supported: FORMAT_VERSION,
-        });
-    }
-    Ok(snapshot)
+    Ok(content)
 }
 
 /// Checks that a snapshot's memory image is consistent in itself.
-pub(crate) fn check_memory(image: &MemoryImage) -> Result<(), SnapshotError> {
+pub(crate) fn check_memory(image: &MemoryView<'_>) -> Result<(), SnapshotError> {
     let size = image
         .pages
         .checked_mul(PAGE_SIZE)
@@ -460,9 +537,9 @@ mod tests {
             offset: 65537,
             bytes: vec![1],
         });
-        assert!(check_memory(&s.memory).is_err());
+        assert!(check_memory(&s.view().memory).is_err());
         s.memory.chunks.pop();
         s.memory.chunks[0].offset = 2 * 65536 - 2;
-        assert!(check_memory(&s.memory).is_err());
+        assert!(check_memory(&s.view().memory).is_err());
     }
 }

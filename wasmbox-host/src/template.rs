@@ -55,7 +55,7 @@ impl WasmBoxModule {
     /// [`Error::Snapshot`] if the snapshot does not belong to this module or is inconsistent;
     /// [`Error::InvalidModule`] for a module loaded precompiled (its original bytes are gone).
     pub fn prepare_template(&self, snapshot: &Snapshot) -> Result<Template, Error> {
-        crate::check_snapshot(self, &Limits::unlimited(), snapshot)?;
+        crate::check_snapshot(self, &Limits::unlimited(), &snapshot.view())?;
         let wasm = self.inner.instrumented.as_deref().ok_or_else(|| {
             Error::InvalidModule(
                 "templates need the module's bytes; load it from .wasm, not precompiled".into(),
