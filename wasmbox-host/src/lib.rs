@@ -18,9 +18,9 @@
 //! ```
 //!
 //! The flow of a box, top to bottom:
-//! 1. [`WasmBoxModule`] loads a module, [`instrument`](crate::instrument)s it so every global
+//! 1. [`WasmBoxModule`] loads a module, instruments it (`instrument.rs`) so every global
 //!    can be reached, compiles it once and prepares instantiation (shared by every box);
-//! 2. [`WasmBoxBuilder::build`] instantiates it in the deterministic [sandbox](crate::sandbox)
+//! 2. [`WasmBoxBuilder::build`] instantiates it in the deterministic sandbox (`sandbox.rs`)
 //!    and runs the guest's init; [`WasmBoxHost::message`] relays typed messages;
 //! 3. [`WasmBoxHost::snapshot_state`] captures the state, [`snapshot`] encodes it;
 //! 4. [`WasmBoxHost::restore_snapshot`] checks a snapshot, then builds a fresh instance from it
