@@ -173,7 +173,7 @@ impl<In, Out: DeserializeOwned> WasmBoxBuilder<In, Out> {
             .data_mut()
             .clock
             .set_millis(self.options.start_millis);
-        let mut host = WasmBoxHost::from_live(self, live, Box::new(callback));
+        let mut host = WasmBoxHost::from_live(self.module, self.options, live, Box::new(callback));
         host.guest_call(|live| live.init.call(&mut live.store, ()))?;
         host.deliver_outputs()?;
         Ok(host)
@@ -195,7 +195,12 @@ impl<In, Out: DeserializeOwned> WasmBoxBuilder<In, Out> {
     {
         self.options.limits = template.inner.limits;
         let live = Live::from_template(&self.module, &self.options, template)?;
-        Ok(WasmBoxHost::from_live(self, live, Box::new(callback)))
+        Ok(WasmBoxHost::from_live(
+            self.module,
+            self.options,
+            live,
+            Box::new(callback),
+        ))
     }
 
     /// Creates the box from a snapshot, without running the guest's initialisation.
@@ -207,7 +212,7 @@ impl<In, Out: DeserializeOwned> WasmBoxBuilder<In, Out> {
         F: FnMut(Out) + Send + 'static,
     {
         let live = Live::restored(&self.module, &self.options, &snapshot.view())?;
-        let mut host = WasmBoxHost::from_live(self, live, Box::new(callback));
+        let mut host = WasmBoxHost::from_live(self.module, self.options, live, Box::new(callback));
         host.options.limits = snapshot.limits;
         Ok(host)
     }
@@ -244,15 +249,16 @@ where
     }
 
     fn from_live(
-        builder: WasmBoxBuilder<In, Out>,
+        module: WasmBoxModule,
+        options: BoxOptions,
         live: Live,
         callback: Box<dyn FnMut(Out) + Send>,
     ) -> Self {
         WasmBoxHost {
-            module: builder.module,
+            module,
             live,
             callback,
-            options: builder.options,
+            options,
             last_good: None,
             poisoned: None,
             scratch: Vec::new(),
@@ -429,16 +435,12 @@ where
         let new_state = live.store.data_mut();
         new_state.clock = clock;
         new_state.rng = rng;
-        Ok(WasmBoxHost {
-            module: self.module.clone(),
+        Ok(WasmBoxHost::from_live(
+            self.module.clone(),
+            self.options,
             live,
-            callback: Box::new(callback),
-            options: self.options,
-            last_good: None,
-            poisoned: None,
-            scratch: Vec::new(),
-            _input: PhantomData,
-        })
+            Box::new(callback),
+        ))
     }
 
     /// Sets the box's clock to `millis` since the Unix epoch. The guest's monotonic clock

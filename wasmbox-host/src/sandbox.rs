@@ -353,15 +353,13 @@ fn poll_oneoff(
     if fired.is_empty()
         && let Some(wait) = clocks.iter().map(|&(_, wait)| wait).min()
     {
-        {
-            state.clock.advance(Duration::from_nanos(wait));
-            fired.extend(
-                clocks
-                    .iter()
-                    .filter(|&&(_, w)| w <= wait)
-                    .map(|&(userdata, _)| (userdata, 0, 0)),
-            );
-        }
+        state.clock.advance(Duration::from_nanos(wait));
+        fired.extend(
+            clocks
+                .iter()
+                .filter(|&&(_, w)| w <= wait)
+                .map(|&(userdata, _)| (userdata, 0, 0)),
+        );
     }
     let Some(out) = data.get_mut(events..events + fired.len() * EVENT_SIZE) else {
         return ERRNO_FAULT;
