@@ -5,11 +5,17 @@
 mod input;
 mod module;
 mod relay;
+mod toolchain;
+
+/// The example guests, built for the unit tests as for the integration tests.
+#[cfg(test)]
+#[path = "../../wasmbox-host/tests/common/guests.rs"]
+#[allow(dead_code, clippy::duplicate_mod)]
+mod guests;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use wasmbox_host::WasmBoxModule;
 
@@ -48,11 +54,17 @@ struct RunArgs {
     /// The guest: a .wasm file, a module precompiled by `wasmbox-cli compile`, or a guest
     /// crate directory (built with `cargo build --release --target wasm32-wasip1` first).
     ///
-    /// The kind is detected from the file's content. Load a precompiled module only if it was
-    /// made by `compile` of this same build of wasmbox-cli and not changed since: its machine
-    /// code runs unchecked, so a file from elsewhere can run arbitrary code in this process.
+    /// The kind is detected from the file's content. A precompiled module is native machine
+    /// code that runs unchecked, so it is refused unless --allow-precompiled is given.
     #[arg(value_name = "MODULE")]
     module: PathBuf,
+
+    /// Allow MODULE to be a precompiled module. Only pass this for a file you made with
+    /// `compile` of this same build of wasmbox-cli and that nobody could change since: its
+    /// machine code runs unchecked, so a file from elsewhere can run arbitrary code in this
+    /// process (wasmtime's own CLI asks for the same consent).
+    #[arg(long)]
+    allow_precompiled: bool,
 
     /// Freeze the box's clock: it moves only on `!!clock`, instead of following real time.
     #[arg(long)]
@@ -118,10 +130,27 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("Error: {e:#}");
+            eprintln!("Error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, `a: b: c`, leaving out a cause whose text the line
+/// already ends with (library errors often display their source too).
+pub fn error_chain(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace(['\r', '\n'], " ")
 }
 
 /// Parses the command line and runs the command.
@@ -134,7 +163,7 @@ fn run() -> Result<()> {
 
 /// `wasmbox-cli run`.
 fn run_guest(args: RunArgs) -> Result<()> {
-    let module = module::load(&args.module, &args.build.options())?;
+    let module = module::load(&args.module, &args.build.options(), args.allow_precompiled)?;
     let options = relay::SessionOptions {
         freeze_time: args.freeze_time,
         seed: args.seed,
@@ -156,35 +185,18 @@ fn run_guest(args: RunArgs) -> Result<()> {
 /// `wasmbox-cli compile`.
 fn compile(args: &CompileArgs) -> Result<()> {
     let wasm = module::wasm_bytes(&args.input, &args.build.options())?;
-    let compiled = WasmBoxModule::precompile(&wasm)
-        .with_context(|| format!("cannot compile {}", args.input.display()))?;
-    write_atomically(&args.output, &compiled)?;
+    let len = WasmBoxModule::precompile_to_file(&wasm, &args.output).with_context(|| {
+        format!(
+            "cannot compile {} into {}",
+            args.input.display(),
+            args.output.display()
+        )
+    })?;
     eprintln!(
-        "wasmbox-cli: wrote {} ({} bytes); run it with `wasmbox-cli run {}` (this same build only)",
+        "wasmbox-cli: wrote {} ({len} bytes); run it with `wasmbox-cli run --allow-precompiled {}` (this same build only)",
         args.output.display(),
-        compiled.len(),
         args.output.display()
     );
-    Ok(())
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory, so that `path`
-/// holds either its old content or all of the new one.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let context = || format!("cannot write {}", path.display());
-    let mut file = tempfile::Builder::new()
-        .prefix(".wasmbox-compile")
-        .tempfile_in(dir)
-        .with_context(context)?;
-    file.write_all(bytes).with_context(context)?;
-    file.as_file().sync_all().with_context(context)?;
-    file.persist(path)
-        .map_err(|e| e.error)
-        .with_context(context)?;
     Ok(())
 }
 
@@ -192,6 +204,18 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn accept_error_chain_without_repeats() -> Result<()> {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        let error = anyhow::Error::new(wasmbox_host::Error::Io {
+            path: "x.snap".into(),
+            source: io,
+        })
+        .context("cannot restore x.snap");
+        assert_eq!(error_chain(&error), "cannot restore x.snap: x.snap: gone");
+        Ok(())
+    }
 
     #[test]
     fn accept_the_command_line_definition() -> Result<()> {

@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use wasmbox_host::{PRECOMPILED_MAGIC, WasmBoxModule};
 
-/// The target guests are built for.
-pub const GUEST_TARGET: &str = "wasm32-wasip1";
+use crate::toolchain::GUEST_TARGET;
 
 /// The first bytes of every WebAssembly binary module.
 const WASM_MAGIC: [u8; 4] = *b"\0asm";
@@ -79,20 +78,26 @@ pub fn detect(path: &Path) -> Result<ModuleKind> {
     }
 }
 
-/// Loads the module at `path`, whatever its kind, building a crate directory first.
+/// Loads the module at `path`, whatever its kind, building a crate directory first. A
+/// precompiled module is loaded only with `allow_precompiled`.
 ///
 /// # Errors
-/// If detection, the build or loading fails.
-pub fn load(path: &Path, build: &BuildOptions) -> Result<WasmBoxModule> {
+/// If detection, the build or loading fails, or `path` is precompiled and not allowed.
+pub fn load(path: &Path, build: &BuildOptions, allow_precompiled: bool) -> Result<WasmBoxModule> {
     match detect(path)? {
         ModuleKind::Wasm(file) => WasmBoxModule::from_file(&file)
             .with_context(|| format!("cannot load {}", file.display())),
+        ModuleKind::Precompiled(file) if !allow_precompiled => bail!(
+            "{} is a precompiled module: native code that would run unchecked. Run it only if \
+             you made it with `wasmbox-cli compile` of this build, by adding --allow-precompiled",
+            file.display()
+        ),
         ModuleKind::Precompiled(file) => {
-            // SAFETY: `from_compiled_file` runs the file's machine code unchecked. The file
-            // starts with the magic bytes of `wasmbox-cli compile`, and the CLI's contract
-            // (stated in `run --help` and the README) is that a precompiled MODULE must have
-            // been made by `compile` of this same build and not altered since: by passing it
-            // the user vouches for that. wasmtime still refuses other versions/configurations.
+            // SAFETY: `from_compiled_file` runs the file's machine code unchecked. The user
+            // passed --allow-precompiled, whose documented contract (`run --help`, the README)
+            // is that the file was made by `compile` of this same build and not altered since:
+            // by passing it the user vouches for that. wasmtime still refuses other versions
+            // and configurations.
             unsafe { WasmBoxModule::from_compiled_file(&file) }
                 .with_context(|| format!("cannot load the precompiled module {}", file.display()))
         }
@@ -135,7 +140,7 @@ fn cargo() -> OsString {
 /// If the target is missing and cannot be installed, cargo fails, or the build produces no
 /// `.wasm` (or several).
 pub fn build_crate(dir: &Path, build: &BuildOptions) -> Result<PathBuf> {
-    ensure_target(dir)?;
+    crate::toolchain::ensure_target(dir).map_err(anyhow::Error::msg)?;
     let manifest = dir.join("Cargo.toml");
     eprintln!(
         "wasmbox-cli: building {} for {GUEST_TARGET} (release)",
@@ -215,79 +220,6 @@ fn wasm_artifacts(line: &str) -> Vec<PathBuf> {
         .filter(|f| f.ends_with(".wasm"))
         .map(PathBuf::from)
         .collect()
-}
-
-/// Makes sure the wasm32-wasip1 standard library is installed for the toolchain that builds
-/// in `dir` (a `rust-toolchain.toml` there may choose another one), installing it with rustup
-/// when rustup is present.
-fn ensure_target(dir: &Path) -> Result<()> {
-    let listed = Command::new("rustup")
-        .current_dir(dir)
-        .args(["target", "list", "--installed"])
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output();
-    let output = match listed {
-        Ok(output) if output.status.success() => output,
-        Ok(output) => bail!(
-            "`rustup target list --installed` failed ({})",
-            output.status
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return check_target_without_rustup(dir);
-        }
-        Err(e) => return Err(e).context("cannot run rustup"),
-    };
-    if String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .any(|l| l.trim() == GUEST_TARGET)
-    {
-        return Ok(());
-    }
-    eprintln!(
-        "wasmbox-cli: the {GUEST_TARGET} target is not installed; installing it with `rustup target add {GUEST_TARGET}`"
-    );
-    let status = Command::new("rustup")
-        .current_dir(dir)
-        .args(["target", "add", GUEST_TARGET])
-        .stdin(Stdio::null())
-        .stdout(std::io::stderr())
-        .stderr(Stdio::inherit())
-        .status()
-        .context("cannot run rustup")?;
-    if !status.success() {
-        bail!("`rustup target add {GUEST_TARGET}` failed ({status})");
-    }
-    Ok(())
-}
-
-/// Without rustup: looks for the target's standard library in rustc's sysroot, and says how
-/// to install it if it is missing. If rustc itself cannot be asked, lets cargo find out.
-fn check_target_without_rustup(dir: &Path) -> Result<()> {
-    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let Ok(output) = Command::new(rustc)
-        .current_dir(dir)
-        .args(["--print", "sysroot"])
-        .output()
-    else {
-        return Ok(());
-    };
-    let sysroot = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-    if !output.status.success()
-        || sysroot
-            .join("lib")
-            .join("rustlib")
-            .join(GUEST_TARGET)
-            .is_dir()
-    {
-        return Ok(());
-    }
-    bail!(
-        "the {GUEST_TARGET} target is not installed for the Rust toolchain at {}, and rustup is not \
-         available to install it: install rustup and run `rustup target add {GUEST_TARGET}`, or \
-         install your distribution's Rust standard library for {GUEST_TARGET}",
-        sysroot.display()
-    )
 }
 
 #[cfg(test)]

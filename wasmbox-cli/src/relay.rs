@@ -6,12 +6,11 @@ use crate::input::{Input, LineSource};
 use anyhow::{Context, Result, bail};
 use std::borrow::Cow;
 use std::fmt;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::OpenOptions;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
-use wasmbox_host::snapshot::{Snapshot, decode_file};
 use wasmbox_host::{Error, WasmBoxHost, WasmBoxModule};
 
 /// The special lines, as `!!help` and `run --help` show them.
@@ -146,12 +145,9 @@ impl Relay {
             // stdout carries only the guest's messages.
             .guest_stdout_to_stderr(true);
         let host = match &options.restore {
-            Some(path) => {
-                let snapshot = read_snapshot(path)?;
-                builder
-                    .restore(&snapshot, stdout.callback())
-                    .with_context(|| format!("cannot start from the snapshot {}", path.display()))?
-            }
+            Some(path) => builder
+                .restore_from_file(path, stdout.callback())
+                .with_context(|| format!("cannot start from the snapshot {}", path.display()))?,
             None => {
                 let builder =
                     builder.start_time(options.start_time.unwrap_or_else(real_time_millis));
@@ -189,7 +185,7 @@ impl Relay {
                 Input::Line(line) => {
                     if let Err(e) = self.handle(&line) {
                         // One line per error, even when a guest's panic message has several.
-                        eprintln!("error: {}", format!("{e:#}").replace(['\r', '\n'], " "));
+                        eprintln!("error: {}", crate::error_chain(&e));
                     }
                 }
             }
@@ -229,7 +225,7 @@ impl Relay {
     }
 
     fn message(&mut self, text: &str) -> Result<()> {
-        self.clock.advance(&mut self.host);
+        self.clock.advance(&mut self.host, Instant::now());
         let Err(error) = self.host.message(text) else {
             return Ok(());
         };
@@ -248,7 +244,7 @@ impl Relay {
     }
 
     fn snapshot(&mut self, path: Option<&Path>) -> Result<()> {
-        self.clock.advance(&mut self.host);
+        self.clock.advance(&mut self.host, Instant::now());
         let path = match path {
             Some(path) => {
                 self.host
@@ -291,30 +287,13 @@ impl Relay {
     }
 
     fn restore(&mut self, path: &Path) -> Result<()> {
-        let snapshot = read_snapshot(path)?;
         self.host
-            .restore_snapshot(&snapshot)
+            .restore_snapshot_from_file(path)
             .with_context(|| format!("cannot restore {}", path.display()))?;
         self.clock.was_set();
         eprintln!("restored {}", path.display());
         Ok(())
     }
-}
-
-/// Reads and decodes a snapshot file, reading no more than the file's size.
-///
-/// # Errors
-/// If the file cannot be read or is not a valid snapshot.
-pub fn read_snapshot(path: &Path) -> Result<Snapshot> {
-    let read = || -> io::Result<Vec<u8>> {
-        let file = File::open(path)?;
-        let len = file.metadata()?.len();
-        let mut bytes = Vec::new();
-        file.take(len).read_to_end(&mut bytes)?;
-        Ok(bytes)
-    };
-    let bytes = read().with_context(|| format!("cannot read the snapshot {}", path.display()))?;
-    decode_file(&bytes).with_context(|| format!("{} is not a usable snapshot", path.display()))
 }
 
 /// The real time in milliseconds since the Unix epoch (0 before it).
@@ -346,19 +325,16 @@ impl ClockRule {
         self.last_moved = Instant::now();
     }
 
-    /// Moves the box's clock forward by the whole milliseconds of real time elapsed since it
-    /// was last moved (the remainder is kept for next time), unless time is frozen.
-    fn advance(&mut self, host: &mut WasmBoxHost<String, String>) {
+    /// Moves the box's clock forward by the real time elapsed between when it was last moved
+    /// and `now`, to the nanosecond, unless time is frozen. The box's own sub-millisecond time
+    /// (left by guest sleeps) is kept: the clock moves by the elapsed time, it is not set.
+    fn advance(&mut self, host: &mut WasmBoxHost<String, String>, now: Instant) {
         if self.frozen {
             return;
         }
-        let elapsed = self.last_moved.elapsed();
-        let millis = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
-        if millis == 0 {
-            return;
-        }
-        self.last_moved += Duration::from_millis(millis);
-        host.set_time(host.time().saturating_add(millis));
+        let elapsed: Duration = now.saturating_duration_since(self.last_moved);
+        self.last_moved = self.last_moved.max(now);
+        host.advance_time(elapsed);
     }
 }
 
@@ -409,6 +385,30 @@ fn one_line(text: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::guests;
+
+    #[test]
+    fn accept_clock_keeps_the_sub_millisecond_time_of_sleeps() -> Result<()> {
+        let module =
+            WasmBoxModule::from_file(guests::try_guest("counter").map_err(anyhow::Error::msg)?)?;
+        let mut host = WasmBoxHost::<String, String>::new(&module, |_| {})?;
+        let start = host.clock();
+        // What a guest sleep of 0.4 ms leaves: a clock between two milliseconds.
+        host.advance_time(Duration::from_micros(400));
+        let mut rule = ClockRule::new(false);
+        let t0 = rule.last_moved;
+        rule.advance(&mut host, t0 + Duration::from_micros(2_300));
+        rule.advance(&mut host, t0 + Duration::from_micros(3_000));
+        let clock = host.clock();
+        assert_eq!(clock.wall_nanos - start.wall_nanos, 3_400_000);
+        assert_eq!(clock.monotonic_nanos - start.monotonic_nanos, 3_400_000);
+        // Frozen time does not move.
+        let mut frozen = ClockRule::new(true);
+        frozen.advance(&mut host, Instant::now() + Duration::from_secs(5));
+        assert_eq!(host.clock(), clock);
+        Ok(())
+    }
 
     fn bad(line: &str) -> Result<String> {
         match parse_line(line) {

@@ -104,7 +104,7 @@ fn reject_missing_snapshot_file() -> Result<()> {
     let missing = dir.path().join("nothing.snap");
     bad_line_keeps_session(
         &format!("!!restore {}", missing.display()),
-        "cannot read the snapshot",
+        "nothing.snap: No such file or directory",
     )
 }
 
@@ -192,8 +192,8 @@ fn reject_restore_at_start_of_a_bad_snapshot() -> Result<()> {
         .failure()
         .stdout("")
         .stderr(
-            predicate::str::starts_with("Error: ")
-                .and(predicate::str::contains("is not a usable snapshot")),
+            predicate::str::starts_with("Error: cannot start from the snapshot")
+                .and(predicate::str::contains("not a WasmBox snapshot file")),
         );
     Ok(())
 }
@@ -286,8 +286,35 @@ fn accept_compile_then_run_precompiled() -> Result<()> {
     .success()?;
     assert_eq!(run.stdout, "");
     ensure!(std::fs::read(&compiled)?.starts_with(&wasmbox_host::PRECOMPILED_MAGIC));
-    let run = run_guest(&compiled, &[], "up\nup\ndown\n")?.success()?;
+    let run = run_guest(&compiled, &["--allow-precompiled"], "up\nup\ndown\n")?.success()?;
     assert_eq!(run.lines(), ["value=1", "value=2", "value=1"]);
+    Ok(())
+}
+
+#[test]
+fn reject_precompiled_module_without_consent() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let compiled = dir.path().join("counter.cwasm");
+    let counter = guest("counter")?;
+    cli(
+        &[
+            OsStr::new("compile"),
+            counter.as_os_str(),
+            compiled.as_os_str(),
+        ],
+        "",
+    )?
+    .success()?;
+    let run = run_guest(&compiled, &[], "up\n")?;
+    ensure!(run.code == Some(1), "{run:?}");
+    ensure!(run.stdout.is_empty(), "the module ran: {run:?}");
+    let errors: Vec<&str> = run.stderr.lines().collect();
+    ensure!(
+        errors.len() == 1
+            && errors[0].contains("is a precompiled module")
+            && errors[0].contains("--allow-precompiled"),
+        "{errors:?}"
+    );
     Ok(())
 }
 

@@ -94,6 +94,13 @@ pub enum Error {
     /// another way the ABI forbids.
     #[error("the guest broke the WasmBox ABI: {0}")]
     GuestAbi(String),
+    /// The template was prepared from another [`WasmBoxModule`](crate::WasmBoxModule) value
+    /// than the box's (even one loaded from the same bytes): its instances would run on that
+    /// module's engine, outside the box's own deadline enforcement.
+    #[error(
+        "the template was prepared from another WasmBoxModule than this box's; prepare it with this box's module"
+    )]
+    ForeignTemplate,
     /// A snapshot could not be used; the box is unchanged.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
@@ -160,6 +167,14 @@ pub enum SnapshotError {
         /// Pages the box may have.
         max_pages: u64,
     },
+    /// The host has a snapshot key, and the file carries no MAC: it was written by a host
+    /// without the key, or its MAC was stripped.
+    #[error("the snapshot file has no MAC, and this host accepts only files sealed with its key")]
+    MacMissing,
+    /// The file's MAC does not match its content under the host's key: the file was changed
+    /// after it was written, or written with another key.
+    #[error("the snapshot file's MAC does not match: it was altered, or sealed with another key")]
+    MacMismatch,
     /// The content decodes, but is not consistent (e.g. memory chunks outside the memory,
     /// globals that do not match the module), or does not decode at all.
     #[error("the snapshot is malformed: {0}")]

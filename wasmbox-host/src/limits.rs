@@ -1,5 +1,6 @@
-//! Limits on what a box may use. They are recorded in every snapshot, so a restored box keeps
-//! the limits it ran under.
+//! Limits on what a box may use. They belong to the host: a box runs under the limits its
+//! builder chose, always. Snapshots record the limits a box ran under, but no restore adopts
+//! them (a snapshot is untrusted input, and a crafted one could otherwise lift every limit).
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -105,8 +106,6 @@ pub enum LimitKind {
     Deadline,
     /// [`Limits::max_memory_bytes`].
     Memory,
-    /// [`Limits::max_message_bytes`].
-    MessageSize,
 }
 
 impl fmt::Display for LimitKind {
@@ -115,7 +114,6 @@ impl fmt::Display for LimitKind {
             LimitKind::Fuel => "fuel (instructions per message)",
             LimitKind::Deadline => "time per message",
             LimitKind::Memory => "memory size",
-            LimitKind::MessageSize => "message size",
         })
     }
 }

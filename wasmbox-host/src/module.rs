@@ -133,6 +133,19 @@ impl WasmBoxModule {
         Ok(out)
     }
 
+    /// Precompiles `wasm` (as [`WasmBoxModule::precompile`]) into the file at `path`, written
+    /// atomically: afterwards it holds either its old content or the whole new module.
+    ///
+    /// # Errors
+    /// As [`WasmBoxModule::precompile`], or [`Error::Io`] if the file cannot be written.
+    pub fn precompile_to_file(wasm: &[u8], path: impl AsRef<Path>) -> Result<u64, Error> {
+        let compiled = Self::precompile(wasm)?;
+        crate::file::write_atomically(path.as_ref(), |file| {
+            std::io::Write::write_all(file, &compiled)
+        })?;
+        Ok(compiled.len() as u64)
+    }
+
     /// Loads a module precompiled by [`WasmBoxModule::precompile`].
     ///
     /// # Safety
@@ -206,13 +219,16 @@ impl WasmBoxModule {
     pub fn fingerprint_hex(&self) -> String {
         crate::snapshot::hex(&self.inner.fingerprint)
     }
+
+    /// Whether `self` and `other` are the same module value (clones of one load), not merely
+    /// loaded from the same bytes.
+    pub(crate) fn is(&self, other: &WasmBoxModule) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    crate::file::read_file(path)
 }
 
 fn engine(options: &ModuleOptions) -> Result<Engine, Error> {

@@ -1,34 +1,26 @@
-//! Snapshots: the plain-data form of a box's whole state, and their file format.
+//! Snapshots: the plain-data form of a box's whole state, and the borrowed view every capture
+//! produces and every restore consumes.
 //!
-//! # File format
-//!
-//! ```text
-//! offset  size  content
-//!      0     8  magic bytes  b"WASMBOX\x1a"
-//!      8     4  format version, u32 little endian (FORMAT_VERSION)
-//!     12     8  content length in bytes, u64 little endian
-//!     20     4  CRC-32 (IEEE) of the content, u32 little endian
-//!     24     …  content: the Snapshot encoded with bincode 1 (wasmbox::abi::options)
-//! ```
-//!
-//! Files are written to a temporary file in the same directory, synced, and renamed over the
-//! target, so a crash or a full disk leaves either the old file or the complete new one.
+//! [`Snapshot`] owns its memory; [`SnapshotView`] has the same fields and the same encoding but
+//! borrows its memory chunks — from a live box's memory (a capture), from a file's bytes (a
+//! decoded file) or from a [`Snapshot`]. The file format is in [`crate::file`] and re-exported
+//! here ([`encode_file`], [`decode_file`], ...).
 
+use crate::PAGE_SIZE;
 use crate::error::{Error, SnapshotError};
+use crate::limits::Limits;
 use crate::sandbox::Clock;
-use crate::{Limits, PAGE_SIZE};
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use wasmtime::Val;
+
+pub use crate::file::{
+    MAGIC, SnapshotKey, decode_file, decode_file_keyed, encode_file, encode_file_keyed,
+};
 
 /// Version of the [`Snapshot`] layout and of the file format. A host refuses other versions.
-pub const FORMAT_VERSION: u32 = 1;
-/// The first bytes of every snapshot file.
-pub const MAGIC: [u8; 8] = *b"WASMBOX\x1a";
-const HEADER_LEN: usize = 24;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// A box's whole state as plain data: serialize it with any serde format, store it, and
 /// restore it into any host of the same module, in this process or another.
@@ -48,7 +40,8 @@ pub struct Snapshot {
     pub clock: Clock,
     /// The box's random generator, with its full state (seed, stream and position).
     pub rng: ChaCha20Rng,
-    /// The limits the box ran under; a restored box keeps them.
+    /// The limits the box ran under when it was captured, for the record. A restore never
+    /// adopts them: the restoring host's own limits always apply.
     pub limits: Limits,
 }
 
@@ -70,8 +63,8 @@ impl fmt::Debug for Snapshot {
 pub struct MemoryImage {
     /// Size of the memory in 64 KiB pages.
     pub pages: u64,
-    /// Runs of consecutive non-zero pages, sorted by offset and not overlapping. Every byte
-    /// not covered by a chunk is zero.
+    /// Runs of consecutive non-zero 4 KiB blocks, sorted by offset and not overlapping. Every
+    /// byte not covered by a chunk is zero.
     pub chunks: Vec<MemoryChunk>,
 }
 
@@ -127,39 +120,59 @@ pub enum Value {
     V128(u128),
 }
 
-/// A borrowed view with the same encoding as [`Snapshot`], so that a box's memory goes
-/// straight from guest memory to a file without an intermediate copy.
-#[derive(Serialize)]
-pub(crate) struct SnapshotRef<'a> {
-    pub format_version: u32,
-    pub module_fingerprint: &'a [u8; 32],
-    pub memory: MemoryImageRef<'a>,
-    pub globals: &'a [GlobalValue],
-    pub clock: &'a Clock,
-    pub rng: &'a ChaCha20Rng,
-    pub limits: &'a Limits,
+/// The value types a snapshot can hold: the numeric ones. The load-time pass refuses modules
+/// with mutable globals of any other type, so a box never holds one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum ValKind {
+    I32,
+    I64,
+    F32,
+    F64,
+    V128,
 }
 
-#[derive(Serialize)]
-pub(crate) struct MemoryImageRef<'a> {
-    pub pages: u64,
-    pub chunks: Vec<MemoryChunkRef<'a>>,
+impl Value {
+    /// The snapshot form of a wasmtime value; `None` for references, which a snapshot cannot
+    /// hold.
+    pub(crate) fn from_val(val: Val) -> Option<Value> {
+        Some(match val {
+            Val::I32(v) => Value::I32(v),
+            Val::I64(v) => Value::I64(v),
+            Val::F32(v) => Value::F32(v),
+            Val::F64(v) => Value::F64(v),
+            Val::V128(v) => Value::V128(v.as_u128()),
+            _ => return None,
+        })
+    }
+
+    /// The wasmtime form of this value.
+    pub(crate) fn to_val(self) -> Val {
+        match self {
+            Value::I32(v) => Val::I32(v),
+            Value::I64(v) => Val::I64(v),
+            Value::F32(v) => Val::F32(v),
+            Value::F64(v) => Val::F64(v),
+            Value::V128(v) => Val::V128(v.into()),
+        }
+    }
+
+    /// This value's type.
+    pub(crate) fn kind(self) -> ValKind {
+        match self {
+            Value::I32(_) => ValKind::I32,
+            Value::I64(_) => ValKind::I64,
+            Value::F32(_) => ValKind::F32,
+            Value::F64(_) => ValKind::F64,
+            Value::V128(_) => ValKind::V128,
+        }
+    }
 }
 
-#[derive(Serialize)]
-pub(crate) struct MemoryChunkRef<'a> {
-    pub offset: u64,
-    #[serde(with = "serde_bytes")]
-    pub bytes: &'a [u8],
-}
-
-/// Granularity at which all-zero memory is left out of snapshots: the host's 4 KiB page, finer
-/// than wasm's 64 KiB page, so that a sparse box stores little more than what it uses.
-const ZERO_BLOCK: usize = 4096;
-
-/// A snapshot whose memory chunks borrow from elsewhere (a file's bytes, or a [`Snapshot`]):
-/// what a restore reads. Decoding a file into it copies no memory.
-#[derive(Deserialize)]
+// A snapshot whose memory chunks borrow from elsewhere. Invariants: it has exactly the fields
+// of `Snapshot`, in the same order, with the same serde attributes, so the two encode to the
+// same bytes (a unit test checks it). Captures produce it (borrowing the live memory), file
+// decoding produces it (borrowing the file's bytes), and every restore consumes it.
+#[derive(Serialize, Deserialize)]
 pub(crate) struct SnapshotView<'a> {
     pub format_version: u32,
     pub module_fingerprint: [u8; 32],
@@ -171,17 +184,17 @@ pub(crate) struct SnapshotView<'a> {
     pub limits: Limits,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 pub(crate) struct MemoryView<'a> {
     pub pages: u64,
     #[serde(borrow)]
     pub chunks: Vec<ChunkView<'a>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 pub(crate) struct ChunkView<'a> {
     pub offset: u64,
-    #[serde(borrow)]
+    #[serde(borrow, with = "serde_bytes")]
     pub bytes: &'a [u8],
 }
 
@@ -211,22 +224,78 @@ impl Snapshot {
     }
 }
 
-/// Splits `memory` into runs of 4 KiB blocks that are not all zeros: `(offset, bytes)`.
-pub(crate) fn nonzero_runs(memory: &[u8]) -> Vec<(u64, &[u8])> {
-    let page = ZERO_BLOCK;
+impl SnapshotView<'_> {
+    /// An owned copy.
+    pub(crate) fn to_snapshot(&self) -> Snapshot {
+        let mut snapshot = Snapshot {
+            format_version: self.format_version,
+            module_fingerprint: self.module_fingerprint,
+            memory: MemoryImage {
+                pages: 0,
+                chunks: Vec::with_capacity(self.memory.chunks.len()),
+            },
+            globals: Vec::new(),
+            clock: self.clock,
+            rng: self.rng.clone(),
+            limits: self.limits,
+        };
+        self.copy_into(&mut snapshot);
+        snapshot
+    }
+
+    /// Overwrites `target` with this view, reusing `target`'s chunk buffers in order: in time
+    /// linear in the number of chunks, and without allocating when the layout is unchanged
+    /// (as from one message to the next).
+    pub(crate) fn copy_into(&self, target: &mut Snapshot) {
+        let mut spare = std::mem::take(&mut target.memory.chunks).into_iter();
+        let chunks = self
+            .memory
+            .chunks
+            .iter()
+            .map(|chunk| {
+                let mut bytes = spare.next().map(|c| c.bytes).unwrap_or_default();
+                bytes.clear();
+                bytes.extend_from_slice(chunk.bytes);
+                MemoryChunk {
+                    offset: chunk.offset,
+                    bytes,
+                }
+            })
+            .collect();
+        target.memory.chunks = chunks;
+        target.memory.pages = self.memory.pages;
+        target.format_version = self.format_version;
+        target.module_fingerprint = self.module_fingerprint;
+        target.globals.clear();
+        target.globals.extend_from_slice(&self.globals);
+        target.clock = self.clock;
+        target.rng.clone_from(&self.rng);
+        target.limits = self.limits;
+    }
+}
+
+/// Granularity at which all-zero memory is left out of snapshots: the host's 4 KiB page, finer
+/// than wasm's 64 KiB page, so that a sparse box stores little more than what it uses.
+const ZERO_BLOCK: usize = 4096;
+
+/// Splits `memory` into runs of 4 KiB blocks that are not all zeros.
+pub(crate) fn nonzero_runs(memory: &[u8]) -> Vec<ChunkView<'_>> {
     let mut runs: Vec<(usize, usize)> = Vec::new();
-    for (i, chunk) in memory.chunks(page).enumerate() {
-        if is_zero(chunk) {
+    for (i, block) in memory.chunks(ZERO_BLOCK).enumerate() {
+        if is_zero(block) {
             continue;
         }
-        let start = i * page;
+        let start = i * ZERO_BLOCK;
         match runs.last_mut() {
-            Some((s, len)) if *s + *len == start => *len += chunk.len(),
-            _ => runs.push((start, chunk.len())),
+            Some((s, len)) if *s + *len == start => *len += block.len(),
+            _ => runs.push((start, block.len())),
         }
     }
     runs.into_iter()
-        .map(|(s, len)| (s as u64, &memory[s..s + len]))
+        .map(|(s, len)| ChunkView {
+            offset: s as u64,
+            bytes: &memory[s..s + len],
+        })
         .collect()
 }
 
@@ -242,128 +311,8 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Writes `value` (a [`Snapshot`] or [`SnapshotRef`]) as a snapshot file at `path`, atomically.
-pub(crate) fn write_file<T: Serialize>(path: &Path, value: &T) -> Result<(), Error> {
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".wasmbox-snapshot")
-        .tempfile_in(dir)
-        .map_err(io)?;
-    {
-        let mut out = BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-        out.write_all(&[0; HEADER_LEN]).map_err(io)?;
-        let mut hashing = CrcWriter {
-            inner: &mut out,
-            crc: crc32fast::Hasher::new(),
-            len: 0,
-        };
-        bincode::Options::serialize_into(wasmbox::abi::options(u64::MAX), &mut hashing, value)
-            .map_err(|e| match *e {
-                bincode::ErrorKind::Io(source) => io(source),
-                other => Error::Io {
-                    path: path.to_path_buf(),
-                    source: std::io::Error::other(other.to_string()),
-                },
-            })?;
-        let (len, crc) = (hashing.len, hashing.crc.finalize());
-        out.seek(SeekFrom::Start(0)).map_err(io)?;
-        out.write_all(&header(len, crc)).map_err(io)?;
-        out.flush().map_err(io)?;
-    }
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    // Make the rename itself durable.
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-fn header(len: u64, crc: u32) -> [u8; HEADER_LEN] {
-    let mut h = [0u8; HEADER_LEN];
-    h[0..8].copy_from_slice(&MAGIC);
-    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    h[12..20].copy_from_slice(&len.to_le_bytes());
-    h[20..24].copy_from_slice(&crc.to_le_bytes());
-    h
-}
-
-struct CrcWriter<W> {
-    inner: W,
-    crc: crc32fast::Hasher,
-    len: u64,
-}
-
-impl<W: Write> Write for CrcWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.crc.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// Reads a snapshot file in one bulk read, allocating exactly its size.
-pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, Error> {
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = File::open(path).map_err(io)?;
-    let len = file.metadata().map_err(io)?.len();
-    // Read what the file holds, never more than its size says.
-    let mut bytes = Vec::new();
-    bytes
-        .try_reserve_exact(len as usize)
-        .map_err(|e| io(std::io::Error::other(e)))?;
-    file.take(len).read_to_end(&mut bytes).map_err(io)?;
-    Ok(bytes)
-}
-
-/// Encodes a snapshot into the file format, in memory.
-pub fn encode_file(snapshot: &Snapshot) -> Vec<u8> {
-    let content = bincode::Options::serialize(wasmbox::abi::options(u64::MAX), snapshot)
-        .unwrap_or_else(|e| unreachable!("a Snapshot always encodes: {e}"));
-    let mut out = Vec::with_capacity(HEADER_LEN + content.len());
-    out.extend_from_slice(&header(content.len() as u64, crc32fast::hash(&content)));
-    out.extend_from_slice(&content);
-    out
-}
-
-/// Decodes the bytes of a snapshot file, checking magic, version, length and checksum.
-///
-/// # Errors
-/// A [`SnapshotError`] naming what is wrong; never allocates more than `bytes.len()`.
-pub fn decode_file(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
-    let content = checked_content(bytes)?;
-    let snapshot: Snapshot = decode_content(content)?;
-    check_version(snapshot.format_version)?;
-    Ok(snapshot)
-}
-
-/// Decodes a snapshot file's bytes into a view borrowing its memory chunks from `bytes`.
-pub(crate) fn decode_view(bytes: &[u8]) -> Result<SnapshotView<'_>, SnapshotError> {
-    let view: SnapshotView<'_> = decode_content(checked_content(bytes)?)?;
-    check_version(view.format_version)?;
-    Ok(view)
-}
-
-fn decode_content<'a, T: Deserialize<'a>>(content: &'a [u8]) -> Result<T, SnapshotError> {
-    bincode::Options::deserialize(wasmbox::abi::options(content.len() as u64), content)
-        .map_err(|e| SnapshotError::Malformed(format!("the content does not decode: {e}")))
-}
-
-fn check_version(found: u32) -> Result<(), SnapshotError> {
+/// Checks a format version: the one place where versions are compared.
+pub(crate) fn check_version(found: u32) -> Result<(), SnapshotError> {
     if found == FORMAT_VERSION {
         Ok(())
     } else {
@@ -374,60 +323,8 @@ fn check_version(found: u32) -> Result<(), SnapshotError> {
     }
 }
 
-/// Checks magic, version, length and checksum, and returns the content after the header.
-fn checked_content(bytes: &[u8]) -> Result<&[u8], SnapshotError> {
-    if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
-        // A prefix of the magic is a truncated snapshot, anything else is not one.
-        if !bytes.is_empty() && MAGIC.starts_with(&bytes[..bytes.len().min(MAGIC.len())]) {
-            return Err(SnapshotError::Truncated {
-                found: bytes.len() as u64,
-                expected: HEADER_LEN as u64,
-            });
-        }
-        return Err(SnapshotError::NotASnapshot);
-    }
-    let Some(header) = bytes.get(..HEADER_LEN) else {
-        return Err(SnapshotError::Truncated {
-            found: bytes.len() as u64,
-            expected: HEADER_LEN as u64,
-        });
-    };
-    let u32_at = |at: usize| {
-        u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
-    };
-    let version = u32_at(8);
-    if version != FORMAT_VERSION {
-        return Err(SnapshotError::Version {
-            found: version,
-            supported: FORMAT_VERSION,
-        });
-    }
-    let mut len = [0u8; 8];
-    len.copy_from_slice(&header[12..20]);
-    let len = u64::from_le_bytes(len);
-    let expected_crc = u32_at(20);
-    let content = &bytes[HEADER_LEN..];
-    let have = content.len() as u64;
-    if have < len {
-        return Err(SnapshotError::Truncated {
-            found: bytes.len() as u64,
-            expected: len.saturating_add(HEADER_LEN as u64),
-        });
-    }
-    if have > len {
-        return Err(SnapshotError::TrailingBytes { extra: have - len });
-    }
-    let found_crc = crc32fast::hash(content);
-    if found_crc != expected_crc {
-        return Err(SnapshotError::Checksum {
-            expected: expected_crc,
-            found: found_crc,
-        });
-    }
-    Ok(content)
-}
-
-/// Checks that a snapshot's memory image is consistent in itself.
+/// Checks that a snapshot's memory image is consistent in itself: a size a 32-bit memory can
+/// have, chunks sorted, not overlapping and inside it.
 pub(crate) fn check_memory(image: &MemoryView<'_>) -> Result<(), SnapshotError> {
     let size = image
         .pages
@@ -456,21 +353,34 @@ pub(crate) fn check_memory(image: &MemoryView<'_>) -> Result<(), SnapshotError> 
     Ok(())
 }
 
+/// The error for a global whose value a snapshot cannot hold.
+pub(crate) fn unsupported_global(index: u32) -> Error {
+    Error::NotAGuest(format!(
+        "global {index} holds a reference, which a snapshot cannot hold"
+    ))
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rand_core::SeedableRng;
 
-    fn sample() -> Snapshot {
+    pub(crate) fn sample() -> Snapshot {
         Snapshot {
             format_version: FORMAT_VERSION,
             module_fingerprint: [7; 32],
             memory: MemoryImage {
                 pages: 2,
-                chunks: vec![MemoryChunk {
-                    offset: 65536,
-                    bytes: vec![1, 2, 3],
-                }],
+                chunks: vec![
+                    MemoryChunk {
+                        offset: 4096,
+                        bytes: vec![9; 4096],
+                    },
+                    MemoryChunk {
+                        offset: 65536,
+                        bytes: vec![1, 2, 3],
+                    },
+                ],
             },
             globals: vec![GlobalValue {
                 index: 0,
@@ -483,42 +393,37 @@ mod tests {
     }
 
     #[test]
-    fn file_round_trip() {
+    fn accept_view_encodes_like_the_owned_snapshot() {
         let s = sample();
-        assert_eq!(decode_file(&encode_file(&s)).unwrap(), s);
+        let options = wasmbox::abi::options(u64::MAX);
+        let owned = bincode::Options::serialize(options, &s).unwrap();
+        let view = bincode::Options::serialize(options, &s.view()).unwrap();
+        assert_eq!(owned, view);
+        assert_eq!(s.view().to_snapshot(), s);
     }
 
     #[test]
-    fn borrowed_view_encodes_like_the_owned_snapshot() {
+    fn accept_copy_into_any_previous_snapshot() {
         let s = sample();
-        let view = SnapshotRef {
-            format_version: s.format_version,
-            module_fingerprint: &s.module_fingerprint,
-            memory: MemoryImageRef {
-                pages: s.memory.pages,
-                chunks: s
-                    .memory
-                    .chunks
-                    .iter()
-                    .map(|c| MemoryChunkRef {
-                        offset: c.offset,
-                        bytes: &c.bytes,
-                    })
-                    .collect(),
-            },
-            globals: &s.globals,
-            clock: &s.clock,
-            rng: &s.rng,
-            limits: &s.limits,
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.snap");
-        write_file(&path, &view).unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), encode_file(&s));
+        let mut bigger = sample();
+        bigger.memory.chunks.push(MemoryChunk {
+            offset: 70000,
+            bytes: vec![5; 10],
+        });
+        bigger.globals.push(GlobalValue {
+            index: 1,
+            value: Value::I64(3),
+        });
+        s.view().copy_into(&mut bigger);
+        assert_eq!(bigger, s);
+        let mut empty = sample();
+        empty.memory.chunks.clear();
+        s.view().copy_into(&mut empty);
+        assert_eq!(empty, s);
     }
 
     #[test]
-    fn zero_blocks_are_skipped() {
+    fn accept_zero_blocks_are_skipped() {
         let mut mem = vec![0u8; 4 * PAGE_SIZE as usize];
         let p = PAGE_SIZE as usize;
         mem[p + 5] = 1;
@@ -526,12 +431,12 @@ mod tests {
         mem[2 * p] = 2; // a separate run
         let runs = nonzero_runs(&mem);
         assert_eq!(runs.len(), 2);
-        assert_eq!((runs[0].0, runs[0].1.len()), (PAGE_SIZE, 8192));
-        assert_eq!((runs[1].0, runs[1].1.len()), (2 * PAGE_SIZE, 4096));
+        assert_eq!((runs[0].offset, runs[0].bytes.len()), (PAGE_SIZE, 8192));
+        assert_eq!((runs[1].offset, runs[1].bytes.len()), (2 * PAGE_SIZE, 4096));
     }
 
     #[test]
-    fn rejects_overlapping_chunks() {
+    fn reject_overlapping_chunks() {
         let mut s = sample();
         s.memory.chunks.push(MemoryChunk {
             offset: 65537,
@@ -539,7 +444,21 @@ mod tests {
         });
         assert!(check_memory(&s.view().memory).is_err());
         s.memory.chunks.pop();
-        s.memory.chunks[0].offset = 2 * 65536 - 2;
+        s.memory.chunks[1].offset = 2 * 65536 - 2;
         assert!(check_memory(&s.view().memory).is_err());
+    }
+
+    #[test]
+    fn accept_values_round_trip_through_wasmtime() {
+        for v in [
+            Value::I32(-1),
+            Value::I64(1 << 40),
+            Value::F32(f32::NAN.to_bits() | 1),
+            Value::F64(0x7ff8_0000_0000_0001),
+            Value::V128(u128::MAX - 5),
+        ] {
+            assert_eq!(Value::from_val(v.to_val()), Some(v));
+        }
+        assert_eq!(Value::from_val(Val::ExternRef(None)), None);
     }
 }

@@ -230,26 +230,141 @@ fn accept_rollback_on_trap_keeps_last_good_state() -> Result<()> {
     Ok(())
 }
 
+/// Runs `f` on another thread and fails if it does not finish within `limit`: a box whose
+/// limits were lifted would otherwise hang the test.
+fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .map_err(|_| anyhow::anyhow!("still running after {limit:?}: the host's limit was lifted"))
+}
+
+/// The host's limits hold after every kind of restore, whatever limits the snapshot records:
+/// a runaway loop stops at the host's 300 ms deadline and a memory bomb at its 64 MiB cap.
 #[test]
-fn accept_limits_travel_with_snapshots() -> Result<()> {
-    let limits = Limits {
-        fuel_per_message: Some(3_000_000),
-        max_memory_bytes: 32 << 20,
+fn reject_snapshot_limits_that_would_lift_the_hosts() -> Result<()> {
+    let strict = Limits {
+        deadline_per_message: Some(Duration::from_millis(300)),
+        max_memory_bytes: 64 << 20,
         ..Limits::default()
     };
-    let (mut host, _out) = faults_box(limits, false)?;
-    host.message("up")?;
-    let snapshot = host.snapshot_state()?;
-    assert_eq!(snapshot.limits, limits);
-    let (mut other, _o) = faults_box(Limits::default(), false)?;
-    other.restore_snapshot(&snapshot)?;
-    assert_eq!(other.limits(), limits);
-    assert!(matches!(
-        other.message("loop"),
-        Err(Error::LimitExceeded {
-            limit: LimitKind::Fuel
-        })
-    ));
+    let module = WasmBoxModule::from_file(guest("faults"))?;
+    // A snapshot of a box that ran without limits...
+    let (cb, _o) = collector::<String>();
+    let mut free = WasmBoxHost::<String, String>::builder(&module)
+        .limits(Limits::unlimited())
+        .build(cb)?;
+    free.message("up")?;
+    let unlimited = free.snapshot_state()?;
+    assert_eq!(unlimited.limits, Limits::unlimited());
+    // ...and a forged file: a strict box's snapshot with its limits rewritten and a valid CRC.
+    let (mut strict_box, _o) = faults_box(strict, false)?;
+    strict_box.message("up")?;
+    let mut forged = strict_box.snapshot_state()?;
+    forged.limits = Limits::unlimited();
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("forged.snap");
+    std::fs::write(&file, wasmbox_host::snapshot::encode_file(&forged))?;
+    let template = module.prepare_template(&unlimited)?;
+
+    type Make<'a> = Box<dyn Fn() -> Result<WasmBoxHost> + 'a>;
+    let builder = || WasmBoxHost::<String, String>::builder(&module).limits(strict);
+    let ways: Vec<(&str, Make<'_>)> = vec![
+        (
+            "restore_snapshot",
+            Box::new(|| {
+                let mut host = builder().build(|_| {})?;
+                host.restore_snapshot(&unlimited)?;
+                Ok(host)
+            }),
+        ),
+        (
+            "restore_snapshot_from_file",
+            Box::new(|| {
+                let mut host = builder().build(|_| {})?;
+                host.restore_snapshot_from_file(&file)?;
+                Ok(host)
+            }),
+        ),
+        (
+            "builder restore",
+            Box::new(|| Ok(builder().restore(&unlimited, |_| {})?)),
+        ),
+        (
+            "builder restore_from_file",
+            Box::new(|| Ok(builder().restore_from_file(&file, |_| {})?)),
+        ),
+        (
+            "builder from_template",
+            Box::new(|| Ok(builder().from_template(&template, |_| {})?)),
+        ),
+        (
+            "restore_template",
+            Box::new(|| {
+                let mut host = builder().build(|_| {})?;
+                host.restore_template(&template)?;
+                Ok(host)
+            }),
+        ),
+        (
+            "fork",
+            Box::new(|| {
+                let mut host = builder().build(|_| {})?;
+                host.restore_snapshot(&unlimited)?;
+                Ok(host.fork(|_| {})?)
+            }),
+        ),
+        (
+            "rollback",
+            Box::new(|| {
+                let mut host = builder().rollback_on_trap(true).build(|_| {})?;
+                host.restore_snapshot(&unlimited)?;
+                // A failing message rolls back to the state kept before it.
+                assert!(host.message("panic").is_err());
+                Ok(host)
+            }),
+        ),
+    ];
+    for (how, make) in &ways {
+        let host = make()?;
+        assert_eq!(host.limits(), strict, "{how}");
+        let (err, elapsed) = within(Duration::from_secs(20), move || {
+            let mut host = host;
+            let started = Instant::now();
+            (host.message("loop").unwrap_err(), started.elapsed())
+        })?;
+        assert!(
+            matches!(
+                err,
+                Error::LimitExceeded {
+                    limit: LimitKind::Deadline
+                }
+            ),
+            "{how}: {err}"
+        );
+        assert!(
+            elapsed < Duration::from_secs(3),
+            "{how}: stopped after {elapsed:?}"
+        );
+        let mut host = make()?;
+        let err = host.message("bomb").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::LimitExceeded {
+                    limit: LimitKind::Memory
+                }
+            ),
+            "{how}: {err}"
+        );
+        assert!(
+            host.memory_size() <= 64 << 20,
+            "{how}: grew to {}",
+            host.memory_size()
+        );
+    }
     Ok(())
 }
 

@@ -6,6 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+// The CLI's unit tests include this file too, next to its own `toolchain` module.
+#[path = "../../../wasmbox-cli/src/toolchain.rs"]
+#[allow(dead_code, clippy::duplicate_mod)]
+mod toolchain;
+
 /// The target dir the example guests are built in. It is not the workspace's own target dir:
 /// a nested cargo build there would wait forever for the lock the outer cargo holds.
 pub fn guest_target_dir() -> PathBuf {
@@ -23,6 +28,9 @@ pub fn workspace() -> PathBuf {
 pub fn try_guest(name: &str) -> Result<PathBuf, String> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
+        // On a fresh machine the stable toolchain may lack the wasm32-wasip1 target: install
+        // it with rustup, as the CLI does for a guest crate.
+        toolchain::ensure_target(&workspace().join("examples"))?;
         let target_dir = guest_target_dir();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = Command::new(cargo)

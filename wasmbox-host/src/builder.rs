@@ -1,0 +1,197 @@
+//! The builder of a box: per-box settings, then one of the three ways a box starts — new (the
+//! guest's init runs), from a snapshot, or from a template.
+
+use crate::WasmBoxHost;
+use crate::error::Error;
+use crate::file::{self, SnapshotKey};
+use crate::limits::Limits;
+use crate::live::Live;
+use crate::module::WasmBoxModule;
+use crate::restore::{self, Source};
+use crate::sandbox::{DEFAULT_SEED, DEFAULT_START_MILLIS};
+use crate::snapshot::Snapshot;
+use crate::template::Template;
+use serde::de::DeserializeOwned;
+use std::marker::PhantomData;
+use std::path::Path;
+
+/// The per-box settings a builder chooses. They stay with the box for its whole life: no
+/// restore changes them.
+#[derive(Clone, Debug)]
+pub(crate) struct BoxOptions {
+    pub seed: u64,
+    pub start_millis: u64,
+    pub limits: Limits,
+    pub rollback_on_trap: bool,
+    pub stdout_to_stderr: bool,
+    pub snapshot_key: Option<SnapshotKey>,
+}
+
+/// Configures a new box of a [`WasmBoxModule`]: seed, start time, limits, rollback, snapshot key.
+pub struct WasmBoxBuilder<In = String, Out = String> {
+    module: WasmBoxModule,
+    options: BoxOptions,
+    _types: PhantomData<fn(&In) -> Out>,
+}
+
+impl<In, Out> std::fmt::Debug for WasmBoxBuilder<In, Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmBoxBuilder")
+            .field("module", &self.module)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl<In, Out: DeserializeOwned> WasmBoxBuilder<In, Out> {
+    pub(crate) fn new(module: &WasmBoxModule) -> Self {
+        WasmBoxBuilder {
+            module: module.clone(),
+            options: BoxOptions {
+                seed: DEFAULT_SEED,
+                start_millis: DEFAULT_START_MILLIS,
+                limits: Limits::default(),
+                rollback_on_trap: false,
+                stdout_to_stderr: false,
+                snapshot_key: None,
+            },
+            _types: PhantomData,
+        }
+    }
+
+    /// Seed of the box's ChaCha20 generator, the source of every random byte the guest sees
+    /// (`getrandom`, `HashMap` seeds). Default: [`DEFAULT_SEED`]. Ignored by the restoring
+    /// constructors, which give the box the saved generator.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.options.seed = seed;
+        self
+    }
+
+    /// Wall clock the box starts at, in milliseconds since the epoch. Default:
+    /// [`DEFAULT_START_MILLIS`]. Ignored by the restoring constructors.
+    pub fn start_time(mut self, millis: u64) -> Self {
+        self.options.start_millis = millis;
+        self
+    }
+
+    /// Limits on the box; see [`Limits`] for the defaults. They hold for the box's whole
+    /// life: restoring a snapshot or template never changes them, whatever limits the
+    /// snapshot recorded.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.options.limits = limits;
+        self
+    }
+
+    /// Keep the state from before each message and roll back to it when the guest traps, so
+    /// that a failing message leaves the box as it was instead of poisoning it. Costs a
+    /// snapshot (a copy of the memory in use) per message. Default: off.
+    pub fn rollback_on_trap(mut self, enabled: bool) -> Self {
+        self.options.rollback_on_trap = enabled;
+        self
+    }
+
+    /// Send what the guest prints on its stdout to the host's stderr instead of the host's
+    /// stdout, e.g. when the host's stdout carries the guest's messages. Default: off.
+    pub fn guest_stdout_to_stderr(mut self, enabled: bool) -> Self {
+        self.options.stdout_to_stderr = enabled;
+        self
+    }
+
+    /// Make this box's snapshot files tamper-evident: every file it writes
+    /// ([`WasmBoxHost::snapshot_to_file`]) carries a keyed MAC, and every file it restores
+    /// ([`WasmBoxHost::restore_snapshot_from_file`], [`WasmBoxBuilder::restore_from_file`])
+    /// must carry a valid one, or is refused with
+    /// [`SnapshotError::MacMissing`](crate::SnapshotError::MacMissing) /
+    /// [`SnapshotError::MacMismatch`](crate::SnapshotError::MacMismatch). Default: no key —
+    /// files carry a CRC, which detects damage but not deliberate changes.
+    pub fn snapshot_key(mut self, key: SnapshotKey) -> Self {
+        self.options.snapshot_key = Some(key);
+        self
+    }
+
+    /// Creates the box: runs the module's start function if it has one, then the guest's
+    /// initialisation. Outputs the guest sends while initialising reach `callback` before this
+    /// returns.
+    ///
+    /// # Errors
+    /// [`Error::AbiVersion`], [`Error::NotAGuest`], or any guest failure during init.
+    pub fn build<F>(self, callback: F) -> Result<WasmBoxHost<In, Out>, Error>
+    where
+        F: FnMut(Out) + Send + 'static,
+    {
+        let mut live = Live::instantiate(&self.module, &self.module.inner.pre, &self.options)?;
+        live.store
+            .data_mut()
+            .clock
+            .set_millis(self.options.start_millis);
+        let mut host = WasmBoxHost::from_live(self.module, self.options, live, Box::new(callback));
+        host.guest_call(|live| {
+            if let Some(start) = &live.start {
+                start.call(&mut live.store, ())?;
+            }
+            live.init.call(&mut live.store, ())
+        })?;
+        host.deliver_outputs()?;
+        Ok(host)
+    }
+
+    /// Creates the box from a [`Template`] of this builder's module: its memory is mapped
+    /// copy-on-write, so this takes the same time whatever the memory size. The box gets the
+    /// template's state (memory, globals, generator, clock) and this builder's limits.
+    ///
+    /// # Errors
+    /// [`Error::ForeignTemplate`] if the template was prepared from another module value;
+    /// [`Error::Snapshot`] if its memory exceeds this builder's memory limit.
+    pub fn from_template<F>(
+        self,
+        template: &Template,
+        callback: F,
+    ) -> Result<WasmBoxHost<In, Out>, Error>
+    where
+        F: FnMut(Out) + Send + 'static,
+    {
+        self.restored(Source::Template(template), Box::new(callback))
+    }
+
+    /// Creates the box from a snapshot, without running the guest's initialisation.
+    ///
+    /// # Errors
+    /// As [`WasmBoxHost::restore_snapshot`].
+    pub fn restore<F>(self, snapshot: &Snapshot, callback: F) -> Result<WasmBoxHost<In, Out>, Error>
+    where
+        F: FnMut(Out) + Send + 'static,
+    {
+        self.restored(Source::Snapshot(&snapshot.view()), Box::new(callback))
+    }
+
+    /// Creates the box from a snapshot file, restoring straight from the file's bytes.
+    ///
+    /// # Errors
+    /// As [`WasmBoxHost::restore_snapshot_from_file`].
+    pub fn restore_from_file<F>(
+        self,
+        path: impl AsRef<Path>,
+        callback: F,
+    ) -> Result<WasmBoxHost<In, Out>, Error>
+    where
+        F: FnMut(Out) + Send + 'static,
+    {
+        let bytes = file::read_file(path.as_ref())?;
+        let view = file::decode_view(&bytes, self.options.snapshot_key.as_ref())?;
+        self.restored(Source::Snapshot(&view), Box::new(callback))
+    }
+
+    fn restored(
+        self,
+        source: Source<'_, '_>,
+        callback: Box<dyn FnMut(Out) + Send>,
+    ) -> Result<WasmBoxHost<In, Out>, Error> {
+        let live = restore::restore(&self.module, &self.options, source)?;
+        Ok(WasmBoxHost::from_live(
+            self.module,
+            self.options,
+            live,
+            callback,
+        ))
+    }
+}

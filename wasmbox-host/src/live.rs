@@ -1,0 +1,224 @@
+//! The live instance of a box and the handles the host uses on it: instantiation (the same for
+//! new, restored and template boxes), globals, memory loading and the input buffer.
+
+use crate::PAGE_SIZE;
+use crate::builder::BoxOptions;
+use crate::error::{Error, SnapshotError};
+use crate::limits::LimitKind;
+use crate::module::WasmBoxModule;
+use crate::relay::classify;
+use crate::sandbox::{BoxState, Clock};
+use crate::snapshot::{GlobalValue, MemoryView, Value, unsupported_global};
+use rand_chacha::ChaCha20Rng;
+use wasmbox::abi;
+use wasmtime::{Global, InstancePre, Memory, Store, TypedFunc};
+
+// An instance and the handles the host uses on it. Invariant: `globals[i]` is the export of
+// `module.inner.info.mutable_globals[i]` of the module this instance was made from, so the two
+// lists zip; `memory` is the module's only memory, also recorded in `store.data().memory`.
+pub(crate) struct Live {
+    pub store: Store<BoxState>,
+    pub memory: Memory,
+    pub init: TypedFunc<(), ()>,
+    /// The module's start function, moved out of its start section by the load-time pass; run
+    /// once, on a new box only.
+    pub start: Option<TypedFunc<(), ()>>,
+    input_buffer: TypedFunc<u32, u32>,
+    message: TypedFunc<u32, u32>,
+    globals: Vec<Global>,
+    /// The guest's input buffer `(address, capacity)` as last reported.
+    input: Option<(u32, u32)>,
+}
+
+impl Live {
+    /// A fresh instance of `pre` (the module itself or a template of it) in a store with the
+    /// box's limits. Neither the start function nor the guest's init has run.
+    pub fn instantiate(
+        module: &WasmBoxModule,
+        pre: &InstancePre<BoxState>,
+        options: &BoxOptions,
+    ) -> Result<Live, Error> {
+        let inner = &module.inner;
+        let mut store = Store::new(
+            &inner.engine,
+            BoxState::new(options.seed, &options.limits, options.stdout_to_stderr),
+        );
+        store.limiter(|s| &mut s.limiter);
+        let _ = store.set_fuel(options.limits.fuel_per_message.unwrap_or(u64::MAX));
+        store.set_epoch_deadline(options.limits.deadline_ticks());
+        let instance = pre.instantiate(&mut store).map_err(|e| {
+            if store.data().limiter.hit {
+                Error::LimitExceeded {
+                    limit: LimitKind::Memory,
+                }
+            } else {
+                Error::Wasmtime(format!("instantiation failed: {e:#}"))
+            }
+        })?;
+        let memory = instance
+            .get_memory(&mut store, &inner.info.memory_export)
+            .ok_or_else(|| Error::NotAGuest("the module's memory export is missing".into()))?;
+        store.data_mut().memory = Some(memory);
+        let missing = |e: wasmtime::Error| Error::NotAGuest(format!("{e:#}"));
+        let version = instance
+            .get_typed_func::<(), u32>(&mut store, abi::EXPORT_ABI_VERSION)
+            .map_err(missing)?;
+        let found = version
+            .call(&mut store, ())
+            .map_err(|e| classify(e, store.data_mut()))?;
+        if found != abi::ABI_VERSION {
+            return Err(Error::AbiVersion {
+                found,
+                expected: abi::ABI_VERSION,
+            });
+        }
+        let globals = inner
+            .info
+            .mutable_globals
+            .iter()
+            .map(|g| {
+                instance.get_global(&mut store, &g.export).ok_or_else(|| {
+                    Error::NotAGuest(format!("global export `{}` is missing", g.export))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let start = match &inner.info.start_export {
+            Some(name) => Some(instance.get_typed_func(&mut store, name).map_err(missing)?),
+            None => None,
+        };
+        Ok(Live {
+            init: instance
+                .get_typed_func(&mut store, abi::EXPORT_INIT)
+                .map_err(missing)?,
+            input_buffer: instance
+                .get_typed_func(&mut store, abi::EXPORT_INPUT_BUFFER)
+                .map_err(missing)?,
+            message: instance
+                .get_typed_func(&mut store, abi::EXPORT_MESSAGE)
+                .map_err(missing)?,
+            start,
+            store,
+            memory,
+            globals,
+            input: None,
+        })
+    }
+
+    /// Gives the box this clock and generator: the one place where they are installed.
+    pub fn install(&mut self, clock: Clock, rng: ChaCha20Rng) {
+        let state = self.store.data_mut();
+        state.clock = clock;
+        state.rng = rng;
+    }
+
+    /// The values of the module's mutable globals, in index order.
+    ///
+    /// # Errors
+    /// If a global holds a reference (the load-time pass refuses such modules).
+    pub fn read_globals(&mut self, module: &WasmBoxModule) -> Result<Vec<GlobalValue>, Error> {
+        self.globals
+            .iter()
+            .zip(&module.inner.info.mutable_globals)
+            .map(|(global, info)| {
+                let value = Value::from_val(global.get(&mut self.store))
+                    .ok_or_else(|| unsupported_global(info.index))?;
+                Ok(GlobalValue {
+                    index: info.index,
+                    value,
+                })
+            })
+            .collect()
+    }
+
+    /// Sets the mutable globals (already checked against the module).
+    pub fn write_globals(&mut self, globals: &[GlobalValue]) -> Result<(), Error> {
+        for (global, saved) in self.globals.iter().zip(globals) {
+            global
+                .set(&mut self.store, saved.value.to_val())
+                .map_err(|e| {
+                    Error::Snapshot(SnapshotError::Malformed(format!(
+                        "global {}: {e:#}",
+                        saved.index
+                    )))
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Makes this fresh instance's memory exactly as large as `image` and equal to it (zero
+    /// outside its chunks). `image` is already checked against the module and the limits.
+    pub fn load_memory(
+        &mut self,
+        module: &WasmBoxModule,
+        image: &MemoryView<'_>,
+    ) -> Result<(), Error> {
+        let current_pages = self.memory.size(&self.store);
+        if image.pages > current_pages {
+            self.memory
+                .grow(&mut self.store, image.pages - current_pages)
+                .map_err(|e| {
+                    Error::Snapshot(SnapshotError::Malformed(format!(
+                        "the memory cannot grow to {} pages: {e:#}",
+                        image.pages
+                    )))
+                })?;
+        }
+        let data = self.memory.data_mut(&mut self.store);
+        debug_assert_eq!(data.len() as u64, image.pages * PAGE_SIZE);
+        // A fresh instance's memory is zero except where active data segments wrote (the
+        // start function, which could write anywhere, has not run: see `instrument`).
+        for range in &module.inner.info.data_ranges {
+            let end = (range.end as usize).min(data.len());
+            if let Some(bytes) = data.get_mut(range.start as usize..end) {
+                bytes.fill(0);
+            }
+        }
+        for chunk in &image.chunks {
+            let start = chunk.offset as usize;
+            let dst = data
+                .get_mut(start..start + chunk.bytes.len())
+                .ok_or_else(|| {
+                    Error::Snapshot(SnapshotError::Malformed(format!(
+                        "memory chunk at {:#x} lies outside the memory",
+                        chunk.offset
+                    )))
+                })?;
+            dst.copy_from_slice(chunk.bytes);
+        }
+        Ok(())
+    }
+
+    /// Forgets the cached input buffer (after a failed call: the guest may not have kept it).
+    pub fn forget_input_buffer(&mut self) {
+        self.input = None;
+    }
+
+    /// Makes sure the guest's input buffer holds `bytes`, then runs the message export.
+    pub fn send_input(&mut self, bytes: &[u8]) -> wasmtime::Result<u32> {
+        let len = bytes.len() as u32;
+        let ptr = match self.input {
+            Some((ptr, cap)) if cap >= len => ptr,
+            _ => {
+                let ptr = self.input_buffer.call(&mut self.store, len)?;
+                self.input = Some((ptr, len));
+                ptr
+            }
+        };
+        let start = ptr as usize;
+        let Some(dst) = self
+            .memory
+            .data_mut(&mut self.store)
+            .get_mut(start..start + bytes.len())
+        else {
+            self.input = None;
+            let e = Error::GuestAbi(format!(
+                "input_buffer returned {ptr:#x}, which cannot hold {len} bytes"
+            ));
+            let text = e.to_string();
+            self.store.data_mut().abi_violation = Some(e);
+            return Err(wasmtime::Error::msg(text));
+        };
+        dst.copy_from_slice(bytes);
+        self.message.call(&mut self.store, len)
+    }
+}

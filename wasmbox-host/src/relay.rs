@@ -1,0 +1,140 @@
+//! The relay: how a message reaches the guest and its outputs reach the callback — guest calls
+//! under the box's limits, failures turned into errors (poisoning the box or rolling it back),
+//! and outputs decoded in order.
+
+use crate::WasmBoxHost;
+use crate::error::Error;
+use crate::limits::LimitKind;
+use crate::live::Live;
+use crate::restore::Source;
+use crate::sandbox::BoxState;
+use serde::de::DeserializeOwned;
+use wasmbox::abi::{self, Status};
+use wasmtime::Trap;
+
+impl<In, Out: DeserializeOwned> WasmBoxHost<In, Out> {
+    /// Sends the encoded input in `self.scratch` to the guest and delivers its outputs.
+    pub(crate) fn relay_message(&mut self) -> Result<(), Error> {
+        let len = self.scratch.len() as u64;
+        let max = self.options.limits.max_message_bytes;
+        if len > max || len > u64::from(u32::MAX) {
+            return Err(Error::MessageTooLarge { len, max });
+        }
+        if self.options.rollback_on_trap {
+            self.keep_last_good()?;
+        }
+        let scratch = std::mem::take(&mut self.scratch);
+        let status = self.guest_call(|live| live.send_input(&scratch));
+        self.scratch = scratch;
+        match Status::from_code(status?) {
+            Some(Status::Ok) => self.deliver_outputs(),
+            Some(Status::InputDecode) => Err(Error::InputRejected),
+            Some(Status::Finished) => Err(Error::GuestFinished),
+            Some(Status::NotInitialised) => Err(Error::GuestAbi(
+                "the guest says it was never initialised".into(),
+            )),
+            None => Err(Error::GuestAbi(
+                "the message export returned an unknown status code".into(),
+            )),
+        }
+    }
+
+    /// Runs a guest call under the box's limits and turns a failure into an error, poisoning
+    /// the box, or rolling it back to the state kept before the message.
+    pub(crate) fn guest_call<R>(
+        &mut self,
+        f: impl FnOnce(&mut Live) -> wasmtime::Result<R>,
+    ) -> Result<R, Error> {
+        let limits = self.options.limits;
+        let live = &mut self.live;
+        // Fuel is always on in the engine; "no limit" is all the fuel there is.
+        let _ = live
+            .store
+            .set_fuel(limits.fuel_per_message.unwrap_or(u64::MAX));
+        live.store.set_epoch_deadline(limits.deadline_ticks());
+        let state = live.store.data_mut();
+        state.outbox.clear();
+        state.panic_message = None;
+        state.abi_violation = None;
+        state.limiter.hit = false;
+        state.max_output = limits.max_message_bytes;
+        match f(live) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                let error = classify(e, live.store.data_mut());
+                live.forget_input_buffer();
+                live.store.data_mut().outbox.clear();
+                match self.last_good.take() {
+                    Some(good) if self.options.rollback_on_trap => {
+                        if let Err(restore_error) =
+                            self.replace_live(Source::Snapshot(&good.view()))
+                        {
+                            self.poisoned =
+                                Some(format!("{error}; rolling back failed: {restore_error}"));
+                        }
+                        self.last_good = Some(good);
+                    }
+                    _ => self.poisoned = Some(error.to_string()),
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Decodes the outputs of the last guest call and hands them to the callback in order.
+    pub(crate) fn deliver_outputs(&mut self) -> Result<(), Error> {
+        let mut outbox = std::mem::take(&mut self.live.store.data_mut().outbox);
+        let mut result = Ok(());
+        for bytes in &outbox {
+            match abi::decode::<Out>(bytes) {
+                Ok(output) => (self.callback)(output),
+                Err(e) => {
+                    result = Err(Error::OutputDecode(e));
+                    break;
+                }
+            }
+        }
+        // Give the allocation back for the next call.
+        outbox.clear();
+        self.live.store.data_mut().outbox = outbox;
+        result
+    }
+}
+
+/// Turns a failed guest call into the most specific error.
+pub(crate) fn classify(e: wasmtime::Error, state: &mut BoxState) -> Error {
+    if let Some(error) = state.abi_violation.take() {
+        return error;
+    }
+    if state.limiter.hit {
+        return Error::LimitExceeded {
+            limit: LimitKind::Memory,
+        };
+    }
+    if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return Error::GuestExited(exit.0);
+    }
+    let trap = e.downcast_ref::<Trap>().copied();
+    match trap {
+        Some(Trap::OutOfFuel) => {
+            return Error::LimitExceeded {
+                limit: LimitKind::Fuel,
+            };
+        }
+        Some(Trap::Interrupt) => {
+            return Error::LimitExceeded {
+                limit: LimitKind::Deadline,
+            };
+        }
+        _ => {}
+    }
+    if let Some(message) = state.panic_message.take() {
+        return Error::GuestPanicked { message };
+    }
+    let message = match trap {
+        Some(Trap::StackOverflow) => "stack overflow".to_string(),
+        Some(t) => format!("{t}"),
+        None => format!("{e:#}"),
+    };
+    Error::GuestTrapped { trap, message }
+}

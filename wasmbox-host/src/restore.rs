@@ -1,0 +1,113 @@
+//! Restore: the one routine that builds a box's instance from a saved state, and the one
+//! place that checks a snapshot against a module. Every way of restoring goes through
+//! [`restore`] — a snapshot value, a file, the builder, a template, a fork, a rollback — and
+//! every caller swaps the instance it returns in only once it succeeded, so an error leaves
+//! the box as it was.
+//!
+//! The rule for limits is simple: **the host's limits, always**. The instance is made under the
+//! limits of the box being restored into (its builder's); the limits a snapshot records are
+//! never adopted, and a snapshot or template whose memory exceeds the host's memory limit is
+//! refused.
+
+use crate::builder::BoxOptions;
+use crate::error::{Error, SnapshotError};
+use crate::limits::Limits;
+use crate::live::Live;
+use crate::module::WasmBoxModule;
+use crate::snapshot::{SnapshotView, check_memory, check_version, hex};
+use crate::template::Template;
+
+/// Where a restored state comes from.
+pub(crate) enum Source<'s, 'a> {
+    /// A snapshot: its memory is copied into a fresh instance of the module.
+    Snapshot(&'s SnapshotView<'a>),
+    /// A template of the module: its memory is mapped copy-on-write at instantiation.
+    Template(&'s Template),
+}
+
+/// A fresh instance of `module` holding exactly the state `source` describes, under
+/// `options`' limits; the start function and the guest's init do not run. Everything is
+/// checked before the instance is made.
+///
+/// # Errors
+/// [`Error::Snapshot`] for a snapshot that does not fit the module or the limits,
+/// [`Error::ForeignTemplate`] for a template of another module, instantiation errors.
+pub(crate) fn restore(
+    module: &WasmBoxModule,
+    options: &BoxOptions,
+    source: Source<'_, '_>,
+) -> Result<Live, Error> {
+    let (mut live, clock, rng) = match source {
+        Source::Snapshot(view) => {
+            check(module, Some(&options.limits), view)?;
+            let mut live = Live::instantiate(module, &module.inner.pre, options)?;
+            live.load_memory(module, &view.memory)?;
+            live.write_globals(&view.globals)?;
+            (live, view.clock, view.rng.clone())
+        }
+        Source::Template(template) => {
+            let t = &template.inner;
+            if !t.base.is(module) {
+                return Err(Error::ForeignTemplate);
+            }
+            check_pages(module, Some(&options.limits), t.pages)?;
+            let live = Live::instantiate(module, &t.pre, options)?;
+            (live, t.clock, t.rng.clone())
+        }
+    };
+    live.install(clock, rng);
+    Ok(live)
+}
+
+/// Checks that `snapshot` belongs to `module`, is consistent in itself, and (given limits)
+/// fits them.
+pub(crate) fn check(
+    module: &WasmBoxModule,
+    limits: Option<&Limits>,
+    snapshot: &SnapshotView<'_>,
+) -> Result<(), SnapshotError> {
+    check_version(snapshot.format_version)?;
+    let inner = &module.inner;
+    if snapshot.module_fingerprint != inner.fingerprint {
+        return Err(SnapshotError::WrongModule {
+            expected: module.fingerprint_hex(),
+            found: hex(&snapshot.module_fingerprint),
+        });
+    }
+    check_memory(&snapshot.memory)?;
+    check_pages(module, limits, snapshot.memory.pages)?;
+    let globals = &inner.info.mutable_globals;
+    let matches = snapshot.globals.len() == globals.len()
+        && snapshot
+            .globals
+            .iter()
+            .zip(globals)
+            .all(|(saved, info)| saved.index == info.index && saved.value.kind() == info.ty);
+    if !matches {
+        return Err(SnapshotError::Malformed(
+            "its globals do not match the module's".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a memory size against the module's bounds and the host's memory limit.
+fn check_pages(
+    module: &WasmBoxModule,
+    limits: Option<&Limits>,
+    pages: u64,
+) -> Result<(), SnapshotError> {
+    let info = &module.inner.info;
+    let max_pages = limits.map_or(65536, Limits::max_memory_pages);
+    let max_pages = info.maximum_pages.map_or(max_pages, |m| m.min(max_pages));
+    if pages > max_pages {
+        return Err(SnapshotError::TooLarge { pages, max_pages });
+    }
+    if pages < info.initial_pages {
+        return Err(SnapshotError::Malformed(format!(
+            "the snapshot has {pages} pages of memory, fewer than the module's minimum of {}",
+            info.initial_pages
+        )));
+    }
+    Ok(())
+}
