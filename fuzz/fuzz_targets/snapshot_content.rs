@@ -1,5 +1,5 @@
 //! The input is the *content* of a snapshot file (the bincode part); the target puts a correct
-//! 24-byte header (magic, version, length, CRC-32) in front so that every input reaches the
+//! 64-byte header (magic, version, flags, length, CRC-32, no MAC) in front so that every input reaches the
 //! bincode decoder and, when it decodes, the host's consistency checks on restore.
 //!
 //! Checks:
@@ -12,9 +12,9 @@
 //!
 //! A snapshot whose module fingerprint is not the counter's is first restored as it is (it must
 //! be refused), then again with the counter's fingerprint so that the later checks are reached.
-//! Before restoring, the snapshot's limits are clamped (deadline ≤ 100 ms, memory ≤ 256 MiB) so
-//! that a restored guest looping or growing memory on `up` does not look like a hang or an
-//! out-of-memory crash.
+//! The box runs under the host's own limits (deadline 100 ms, memory 256 MiB), which no
+//! restore lifts whatever the snapshot records, so that a restored guest looping or growing
+//! memory on `up` does not look like a hang or an out-of-memory crash.
 //!
 //! The guest is read from `$WASMBOX_FUZZ_GUEST`, by default
 //! `../target/guests/wasm32-wasip1/release/counter.wasm` (see README.md to build it).
@@ -24,7 +24,7 @@ use libfuzzer_sys::fuzz_target;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use wasmbox_host::snapshot::{FORMAT_VERSION, MAGIC, decode_file, encode_file};
-use wasmbox_host::{Snapshot, WasmBoxHost, WasmBoxModule};
+use wasmbox_host::{Limits, Snapshot, WasmBoxHost, WasmBoxModule};
 
 const DEFAULT_GUEST: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -53,10 +53,15 @@ fn fixture() -> &'static Mutex<Fixture> {
         let module = WasmBoxModule::from_bytes(&wasm).expect("the counter guest compiles");
         let outputs = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&outputs);
-        let mut host = WasmBoxHost::<String, String>::new(&module, move |out| {
-            sink.lock().unwrap_or_else(|e| e.into_inner()).push(out)
-        })
-        .expect("a counter box starts");
+        let limits = Limits {
+            deadline_per_message: Some(MAX_DEADLINE),
+            max_memory_bytes: MAX_MEMORY_BYTES,
+            ..Limits::default()
+        };
+        let mut host = WasmBoxHost::<String, String>::builder(&module)
+            .limits(limits)
+            .build(move |out| sink.lock().unwrap_or_else(|e| e.into_inner()).push(out))
+            .expect("a counter box starts");
         let good = host.snapshot_state().expect("a fresh box snapshots");
         Mutex::new(Fixture {
             host,
@@ -106,13 +111,15 @@ impl Fixture {
     }
 }
 
-/// A snapshot file holding `content`, with a correct header.
+/// A snapshot file holding `content`, with a correct header and no MAC.
 fn with_header(content: &[u8]) -> Vec<u8> {
-    let mut file = Vec::with_capacity(24 + content.len());
+    let mut file = Vec::with_capacity(64 + content.len());
     file.extend_from_slice(&MAGIC);
     file.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    file.extend_from_slice(&0u32.to_le_bytes()); // flags: no MAC
     file.extend_from_slice(&(content.len() as u64).to_le_bytes());
     file.extend_from_slice(&crc32fast::hash(content).to_le_bytes());
+    file.extend_from_slice(&[0; 36]); // reserved word and MAC
     file.extend_from_slice(content);
     file
 }
@@ -138,12 +145,5 @@ fuzz_target!(|content: &[u8]| {
         fx.restore(&snapshot);
         snapshot.module_fingerprint = fx.fingerprint;
     }
-    let limits = &mut snapshot.limits;
-    limits.deadline_per_message = Some(
-        limits
-            .deadline_per_message
-            .map_or(MAX_DEADLINE, |d| d.min(MAX_DEADLINE)),
-    );
-    limits.max_memory_bytes = limits.max_memory_bytes.min(MAX_MEMORY_BYTES);
     fx.restore(&snapshot);
 });

@@ -29,7 +29,11 @@ impl<In, Out: DeserializeOwned> WasmBoxHost<In, Out> {
         match Status::from_code(status?) {
             Some(Status::Ok) => self.deliver_outputs(),
             Some(Status::InputDecode) => Err(Error::InputRejected),
-            Some(Status::Finished) => Err(Error::GuestFinished),
+            Some(Status::Finished) => {
+                // What the guest sent before its `run` returned still reaches the callback.
+                self.deliver_outputs()?;
+                Err(Error::GuestFinished)
+            }
             Some(Status::NotInitialised) => Err(Error::GuestAbi(
                 "the guest says it was never initialised".into(),
             )),

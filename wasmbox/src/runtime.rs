@@ -1,22 +1,53 @@
 //! The guest side of a box: its state, the async context and the sync trait.
+//!
+//! # How an async guest runs
+//!
+//! An async guest is its `run` future plus a *mailbox*, a first-in first-out queue of decoded
+//! messages, driven by a small single-threaded executor:
+//!
+//! * Init builds the future and polls it until it stops (see below), normally at its first
+//!   pending [`WasmBoxContext::next`].
+//! * Each message is decoded, pushed to the back of the mailbox, and the future is polled
+//!   until it stops. `next()` pops the front of the mailbox, so messages are taken one at a
+//!   time, in the order they arrived; any that arrive while the guest awaits something else
+//!   wait in the mailbox and none is lost or reordered.
+//! * "Until it stops" means: poll with a real waker; if the future returned `Pending` but woke
+//!   itself during that poll (a yield), poll it again at once; stop when it is `Pending`
+//!   without having woken itself, or `Ready`. Nothing else ever wakes a guest (there are no
+//!   timers or I/O), so a future pending without a wake is polled again only when the next
+//!   message arrives. A future that wakes itself forever is a runaway guest, stopped by the
+//!   host's deadline and fuel limits.
+//! * Once `run` has returned, the box takes no more messages. Messages still in the mailbox
+//!   are then dropped; if the message whose poll ended `run` is among them, its call reports
+//!   [`Status::Finished`] rather than [`Status::Ok`], so the host is never told that a message
+//!   was handled when it was dropped. (A message queued by an earlier call, which reported
+//!   `Ok` for being queued, is dropped silently: `run` chose to return without reading it.)
+//!
+//! None of this changes the bytes exchanged with the host, described in [`crate::abi`].
 
 use crate::abi::{self, Status};
 use __private::Guest;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+
+/// The messages an async guest has received and not yet taken, oldest first.
+type Mailbox<In> = Rc<RefCell<VecDeque<In>>>;
 
 /// The handle an async guest receives: it yields incoming messages and sends outputs.
 ///
 /// `In` is the type of the messages the host sends, `Out` the type of what the guest sends
 /// back; both may be any serde type.
 pub struct WasmBoxContext<In, Out> {
-    inbox: Rc<RefCell<Option<In>>>,
+    mailbox: Mailbox<In>,
     _out: PhantomData<fn(Out)>,
 }
 
@@ -29,7 +60,7 @@ impl<In, Out> std::fmt::Debug for WasmBoxContext<In, Out> {
 impl<In, Out> Clone for WasmBoxContext<In, Out> {
     fn clone(&self) -> Self {
         WasmBoxContext {
-            inbox: Rc::clone(&self.inbox),
+            mailbox: Rc::clone(&self.mailbox),
             _out: PhantomData,
         }
     }
@@ -37,8 +68,20 @@ impl<In, Out> Clone for WasmBoxContext<In, Out> {
 
 impl<In, Out: Serialize> WasmBoxContext<In, Out> {
     /// Waits for the next message from the host.
+    ///
+    /// Messages wait in a first-in first-out mailbox until they are taken: each message the
+    /// host sends is queued at the back, and `next()` takes the one at the front, so messages
+    /// are taken in the order they were sent, and none is lost while the guest awaits
+    /// something else (a yield, a join, a future of its own). On an empty mailbox it is
+    /// pending, without waking: the guest is polled again when the next message arrives.
+    ///
+    /// If `run` returns while messages are still in the mailbox, they are dropped. The message
+    /// whose arrival let `run` return is then among them, and its call reports that the guest
+    /// has finished (the host's `Error::GuestFinished`) rather than success, as every later
+    /// call does; messages queued by earlier calls, which reported them delivered, are dropped
+    /// without a word.
     pub fn next(&self) -> impl Future<Output = In> + '_ {
-        std::future::poll_fn(move |_| match self.inbox.borrow_mut().take() {
+        std::future::poll_fn(move |_| match self.mailbox.borrow_mut().pop_front() {
             Some(message) => Poll::Ready(message),
             None => Poll::Pending,
         })
@@ -103,18 +146,67 @@ impl<T: WasmBox> Guest for SyncGuest<T> {
     }
 }
 
+// An async guest: its `run` future, the mailbox it reads through its `WasmBoxContext`, and the
+// waker it is polled with.
+//
+// Invariants:
+// - `future` is `None` exactly when `run` has returned; from the end of the call in which it
+//   returned, the mailbox is empty and stays empty (`on_message` no longer queues).
+// - Only `on_message` pushes to the mailbox (at the back) and only `next()` pops (at the
+//   front). So after a message is pushed, the mailbox is non-empty exactly when that message
+//   has not been taken yet: whatever is left includes the newest message.
+// - `woken` says whether `waker` was woken since the future was last polled: `waker` sets it
+//   and `poll` clears it after every poll of the future, re-polling at once if it was set.
 struct AsyncGuest<In> {
-    inbox: Rc<RefCell<Option<In>>>,
+    mailbox: Mailbox<In>,
     /// `None` once `run` has returned.
     future: Option<Pin<Box<dyn Future<Output = ()>>>>,
+    /// Set by `waker`.
+    woken: Arc<WakeFlag>,
+    /// The waker every poll of `future` gets: it sets `woken`.
+    waker: Waker,
+}
+
+/// What a guest's waker does: record that the future asked to be polled again.
+struct WakeFlag(AtomicBool);
+
+impl Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 impl<In> AsyncGuest<In> {
-    fn poll(&mut self) {
-        if let Some(future) = self.future.as_mut() {
-            let mut cx = Context::from_waker(Waker::noop());
-            if future.as_mut().poll(&mut cx).is_ready() {
+    fn new(mailbox: Mailbox<In>, future: Pin<Box<dyn Future<Output = ()>>>) -> Self {
+        let woken = Arc::new(WakeFlag(AtomicBool::new(false)));
+        AsyncGuest {
+            mailbox,
+            future: Some(future),
+            waker: Waker::from(Arc::clone(&woken)),
+            woken,
+        }
+    }
+
+    /// Polls the future until it is pending without having woken itself, or has returned.
+    /// Returns whether it has returned (now or earlier).
+    fn poll(&mut self) -> bool {
+        let Some(future) = self.future.as_mut() else {
+            return true;
+        };
+        let mut cx = Context::from_waker(&self.waker);
+        loop {
+            let ready = future.as_mut().poll(&mut cx).is_ready();
+            let woken = self.woken.0.swap(false, Ordering::Relaxed);
+            if ready {
                 self.future = None;
+                return true;
+            }
+            if !woken {
+                return false;
             }
         }
     }
@@ -125,13 +217,20 @@ impl<In: DeserializeOwned> Guest for AsyncGuest<In> {
         if self.future.is_none() {
             return Status::Finished;
         }
-        match abi::decode::<In>(bytes) {
-            Ok(input) => {
-                *self.inbox.borrow_mut() = Some(input);
-                self.poll();
-                Status::Ok
-            }
-            Err(_) => Status::InputDecode,
+        let Ok(input) = abi::decode::<In>(bytes) else {
+            return Status::InputDecode;
+        };
+        self.mailbox.borrow_mut().push_back(input);
+        if !self.poll() {
+            return Status::Ok;
+        }
+        // `run` has returned: drop what it never took (outside the borrow, in case a message's
+        // `Drop` looks at the mailbox). If anything is left, this message is.
+        let untaken = std::mem::take(&mut *self.mailbox.borrow_mut());
+        if untaken.is_empty() {
+            Status::Ok
+        } else {
+            Status::Finished
         }
     }
 }
@@ -157,22 +256,20 @@ pub mod __private {
         Box::new(SyncGuest(T::init(Box::new(|output| send(&output)))))
     }
 
-    /// Builds an async guest from its `run` function and polls it to its first `.await`.
+    /// Builds an async guest from its `run` function and polls it as each message will be:
+    /// until it is pending without waking itself (normally at its first `next().await`).
     pub fn async_guest<In, Out, Fut>(run: fn(WasmBoxContext<In, Out>) -> Fut) -> Box<dyn Guest>
     where
         In: DeserializeOwned + 'static,
         Out: Serialize + 'static,
         Fut: Future<Output = ()> + 'static,
     {
-        let inbox = Rc::new(RefCell::new(None));
+        let mailbox = Mailbox::default();
         let ctx = WasmBoxContext {
-            inbox: Rc::clone(&inbox),
+            mailbox: Rc::clone(&mailbox),
             _out: PhantomData,
         };
-        let mut guest = AsyncGuest {
-            inbox,
-            future: Some(Box::pin(run(ctx))),
-        };
+        let mut guest = AsyncGuest::new(mailbox, Box::pin(run(ctx)));
         guest.poll();
         Box::new(guest)
     }

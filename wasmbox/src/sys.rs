@@ -1,15 +1,63 @@
 //! The host functions a guest imports, wrapped in safe functions. This is the only module of
-//! the guest library with `unsafe` code. The names here must equal [`crate::abi`]'s constants
-//! (`#[link]` takes only literals); the host refuses a guest whose imports it does not know,
-//! and the integration tests load real guests, so a mismatch cannot go unnoticed.
+//! the guest library with `unsafe` code.
+//!
+//! `#[link]` and `#[link_name]` take only literals, so the import names cannot be written as
+//! [`crate::abi`]'s constants. The `imports!` macro below takes each literal once, puts it in
+//! the attribute and checks it against its constant at compile time, on every target: a name
+//! that differs from the ABI's is a compile error, not a guest the host refuses at load time.
 
-#[cfg(target_family = "wasm")]
-#[link(wasm_import_module = "wasmbox")]
-unsafe extern "C" {
-    #[link_name = "wasmbox_send"]
-    fn wasmbox_send(ptr: u32, len: u32);
-    #[link_name = "wasmbox_panic"]
-    fn wasmbox_panic(ptr: u32, len: u32);
+use crate::abi;
+
+/// Whether two strings are equal, byte for byte (`str`'s `==` is not usable in constants).
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Declares the imports: `module "lit" == CONST;` then `fn name(args) = "lit" == CONST;` for
+/// each function. Every literal is asserted equal to its constant at compile time (on every
+/// target) and is the very token the `#[link]` / `#[link_name]` attribute gets (on wasm).
+macro_rules! imports {
+    (
+        module $module:literal == $module_name:path;
+        $(fn $name:ident($($arg:ident: $ty:ty),*) = $link:literal == $link_name:path;)*
+    ) => {
+        const _: () = assert!(
+            same($module, $module_name),
+            concat!("the import module ", $module, " is not ", stringify!($module_name)),
+        );
+        $(
+            const _: () = assert!(
+                same($link, $link_name),
+                concat!("the import ", $link, " is not named ", stringify!($link_name)),
+            );
+        )*
+
+        #[cfg(target_family = "wasm")]
+        #[link(wasm_import_module = $module)]
+        unsafe extern "C" {
+            $(
+                #[link_name = $link]
+                fn $name($($arg: $ty),*);
+            )*
+        }
+    };
+}
+
+imports! {
+    module "wasmbox" == abi::IMPORT_MODULE;
+    fn wasmbox_send(ptr: u32, len: u32) = "wasmbox_send" == abi::IMPORT_SEND;
+    fn wasmbox_panic(ptr: u32, len: u32) = "wasmbox_panic" == abi::IMPORT_PANIC;
 }
 
 /// Hands one encoded output to the host, which copies it before returning.
@@ -36,3 +84,17 @@ pub(crate) fn send(_bytes: &[u8]) {
 /// Outside wasm there is no host to talk to.
 #[cfg(not(target_family = "wasm"))]
 pub(crate) fn panic_message(_text: &str) {}
+
+#[cfg(test)]
+mod tests {
+    use super::same;
+
+    #[test]
+    fn same_compares_bytes() {
+        assert!(same("", ""));
+        assert!(same("wasmbox", "wasmbox"));
+        assert!(!same("wasmbox", "wasmbo"));
+        assert!(!same("wasmbox", "wasmboX"));
+        assert!(!same("", "x"));
+    }
+}
