@@ -83,7 +83,7 @@ struct RunArgs {
     snapshot_dir: PathBuf,
 
     /// Start from this snapshot file instead of a fresh box (the guest's init does not run;
-    /// seed, clock and limits come from the snapshot).
+    /// seed and clock come from the snapshot; the CLI's limits apply, whatever it records).
     #[arg(long, value_name = "FILE")]
     restore: Option<PathBuf>,
 

@@ -11,7 +11,8 @@ use common::{collector, guest, take};
 use std::sync::{Arc, Mutex};
 use wasmbox_host::{Error, WasmBoxHost, WasmBoxModule};
 
-/// The guest's `STOP` message: it parks until the next message, then returns without it.
+/// The guest's `STOP` message: it parks until the next message, sends `STOP` back as a
+/// goodbye, then returns without taking that message.
 const STOP: u32 = u32::MAX;
 
 /// Where a box's outputs are collected.
@@ -64,8 +65,10 @@ fn reject_message_that_run_returns_without_taking() -> Result<()> {
     host.message(&5)?;
     host.message(&STOP)?;
     assert_eq!(take(&out), [5]);
-    // `run` returns when 6 arrives, without taking it: 6 was dropped, not handled.
+    // `run` returns when 6 arrives, without taking it: 6 was dropped, not handled. What the
+    // guest sent before returning (its goodbye) still reaches the host.
     assert!(matches!(host.message(&6), Err(Error::GuestFinished)));
+    assert_eq!(take(&out), [STOP]);
     assert!(matches!(host.message(&7), Err(Error::GuestFinished)));
     assert_eq!(take(&out), Vec::<u32>::new());
     Ok(())

@@ -5,8 +5,8 @@
 //! * `0`: first parks until two more messages have arrived (a future that is pending without
 //!   waking, as a join or a channel is while it waits on something else), then sends `0` back
 //!   and handles the two queued messages in order;
-//! * [`STOP`]: parks until one more message has arrived, then returns from `run` without
-//!   reading it.
+//! * [`STOP`]: parks until one more message has arrived, then sends [`STOP`] back as a
+//!   goodbye and returns from `run` without reading that message.
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -23,6 +23,7 @@ async fn run(ctx: WasmBoxContext<u32, u32>) {
             0 => Parked(2).await,
             STOP => {
                 Parked(1).await;
+                ctx.send(STOP);
                 return;
             }
             _ => {}
