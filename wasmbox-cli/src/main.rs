@@ -3,7 +3,9 @@
 //! precompiles a module for faster start-up.
 
 mod input;
+mod inspect;
 mod module;
+mod new;
 mod relay;
 mod toolchain;
 
@@ -34,6 +36,8 @@ struct Cli {
 enum Command {
     Run(RunArgs),
     Compile(CompileArgs),
+    New(new::NewArgs),
+    Inspect(inspect::InspectArgs),
 }
 
 /// Run a guest: relay stdin lines to it, one message per line, and print its messages on stdout.
@@ -158,6 +162,8 @@ fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run_guest(args),
         Command::Compile(args) => compile(&args),
+        Command::New(args) => new::run(&args),
+        Command::Inspect(args) => inspect::run(&args),
     }
 }
 

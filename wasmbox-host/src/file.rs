@@ -237,12 +237,43 @@ impl<W: Write> Write for SealingWriter<W> {
     }
 }
 
-/// Checks magic, version, flags, length, checksum and (with a key) the MAC, and returns the
-/// content after the header.
-fn checked_content<'a>(
-    bytes: &'a [u8],
-    key: Option<&SnapshotKey>,
-) -> Result<&'a [u8], SnapshotError> {
+/// What a snapshot file's header says, read by [`read_header`] without decoding the content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FileHeader {
+    /// The format version (the only one this library reads is
+    /// [`FORMAT_VERSION`](crate::snapshot::FORMAT_VERSION)).
+    pub version: u32,
+    /// Whether the file carries a keyed MAC (it was written by a host with a [`SnapshotKey`]).
+    pub has_mac: bool,
+    /// Length of the content after the header, in bytes.
+    pub content_len: u64,
+    /// The CRC-32 (IEEE) of the content, as recorded.
+    pub checksum: u32,
+}
+
+/// Reads the header of a snapshot file's bytes: checks magic, version, flags and that the file
+/// has exactly the length the header announces, as [`decode_file`] does, without checking the
+/// content's checksum or MAC or decoding it.
+///
+/// # Errors
+/// The [`SnapshotError`] that [`decode_file`] would return for the same header fault.
+///
+/// # Examples
+/// ```
+/// use wasmbox_host::SnapshotError;
+/// use wasmbox_host::snapshot::read_header;
+///
+/// assert!(matches!(read_header(b"WASMBOX"), Err(SnapshotError::Truncated { .. })));
+/// assert!(matches!(read_header(b"hello"), Err(SnapshotError::NotASnapshot)));
+/// ```
+pub fn read_header(bytes: &[u8]) -> Result<FileHeader, SnapshotError> {
+    split_file(bytes).map(|(header, _)| header)
+}
+
+/// Checks magic, version, flags and length, and returns what the header says and the content
+/// after it. The one place the header is parsed.
+fn split_file(bytes: &[u8]) -> Result<(FileHeader, &[u8]), SnapshotError> {
     if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
         // A prefix of the magic is a truncated snapshot, anything else is not one.
         if !bytes.is_empty() && MAGIC.starts_with(&bytes[..bytes.len().min(MAGIC.len())]) {
@@ -292,23 +323,38 @@ fn checked_content<'a>(
     if have > len {
         return Err(SnapshotError::TrailingBytes { extra: have - len });
     }
-    let expected_crc = word(24);
+    let facts = FileHeader {
+        version: word(8),
+        has_mac: flags & FLAG_MAC != 0,
+        content_len: len,
+        checksum: word(24),
+    };
+    Ok((facts, content))
+}
+
+/// Checks the header ([`split_file`]), the checksum and (with a key) the MAC, and returns the
+/// content after the header.
+fn checked_content<'a>(
+    bytes: &'a [u8],
+    key: Option<&SnapshotKey>,
+) -> Result<&'a [u8], SnapshotError> {
+    let (facts, content) = split_file(bytes)?;
     let found_crc = crc32fast::hash(content);
-    if found_crc != expected_crc {
+    if found_crc != facts.checksum {
         return Err(SnapshotError::Checksum {
-            expected: expected_crc,
+            expected: facts.checksum,
             found: found_crc,
         });
     }
     if let Some(key) = key {
-        if flags & FLAG_MAC == 0 {
+        if !facts.has_mac {
             return Err(SnapshotError::MacMissing);
         }
         let mut mac = key.hasher();
         mac.update(content);
-        mac.update(&header[..SEALED_HEADER]);
+        mac.update(&bytes[..SEALED_HEADER]);
         // blake3::Hash compares in constant time.
-        let recorded: [u8; 32] = header[SEALED_HEADER..]
+        let recorded: [u8; 32] = bytes[SEALED_HEADER..HEADER_LEN]
             .try_into()
             .map_err(|_| SnapshotError::MacMismatch)?;
         if mac.finalize() != blake3::Hash::from_bytes(recorded) {
@@ -374,6 +420,48 @@ mod tests {
         let mut stripped = sealed.clone();
         stripped[12..16].copy_from_slice(&0u32.to_le_bytes());
         assert!(decode_file_keyed(&stripped, Some(&key)).is_err());
+    }
+
+    #[test]
+    fn accept_header_facts_with_and_without_key() {
+        let s = sample();
+        let plain = encode_file(&s);
+        let header = read_header(&plain).unwrap();
+        assert_eq!(header.version, FORMAT_VERSION);
+        assert!(!header.has_mac);
+        assert_eq!(header.content_len, (plain.len() - HEADER_LEN) as u64);
+        assert_eq!(header.checksum, crc32fast::hash(&plain[HEADER_LEN..]));
+        let key = SnapshotKey::from_bytes([3; 32]);
+        assert!(
+            read_header(&encode_file_keyed(&s, Some(&key)))
+                .unwrap()
+                .has_mac
+        );
+    }
+
+    #[test]
+    fn reject_header_faults_as_decode_file_does() {
+        let good = encode_file(&sample());
+        let mut truncated = good.clone();
+        truncated.pop();
+        let mut trailing = good.clone();
+        trailing.push(0);
+        let mut flags = good.clone();
+        flags[12] = 2;
+        for bytes in [&good[..10], &truncated, &trailing, &flags, &b"garbage"[..]] {
+            let header = read_header(bytes).unwrap_err().to_string();
+            assert_eq!(header, decode_file(bytes).unwrap_err().to_string());
+        }
+        // The header does not cover the content: a damaged content byte reads, and only the
+        // full decode refuses it.
+        let mut damaged = good;
+        let last = damaged.len() - 1;
+        damaged[last] ^= 0xff;
+        assert!(read_header(&damaged).is_ok());
+        assert!(matches!(
+            decode_file(&damaged),
+            Err(SnapshotError::Checksum { .. })
+        ));
     }
 
     #[test]

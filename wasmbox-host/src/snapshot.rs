@@ -4,7 +4,7 @@
 //! [`Snapshot`] owns its memory; [`SnapshotView`] has the same fields and the same encoding but
 //! borrows its memory chunks — from a live box's memory (a capture), from a file's bytes (a
 //! decoded file) or from a [`Snapshot`]. The file format is in [`crate::file`] and re-exported
-//! here ([`encode_file`], [`decode_file`], ...).
+//! here ([`encode_file`], [`decode_file`], [`read_header`], ...).
 
 use crate::PAGE_SIZE;
 use crate::error::{Error, SnapshotError};
@@ -16,7 +16,8 @@ use std::fmt;
 use wasmtime::Val;
 
 pub use crate::file::{
-    MAGIC, SnapshotKey, decode_file, decode_file_keyed, encode_file, encode_file_keyed,
+    FileHeader, MAGIC, SnapshotKey, decode_file, decode_file_keyed, encode_file, encode_file_keyed,
+    read_header,
 };
 
 /// Version of the [`Snapshot`] layout and of the file format. A host refuses other versions.
