@@ -14,6 +14,7 @@ use crate::template::Template;
 use serde::de::DeserializeOwned;
 use std::marker::PhantomData;
 use std::path::Path;
+use wasmbox::abi::{Codec, Status};
 
 /// The per-box settings a builder chooses. They stay with the box for its whole life: no
 /// restore changes them.
@@ -25,6 +26,7 @@ pub(crate) struct BoxOptions {
     pub rollback_on_trap: bool,
     pub stdout_to_stderr: bool,
     pub snapshot_key: Option<SnapshotKey>,
+    pub codec: Codec,
 }
 
 /// Configures a new box of a [`WasmBoxModule`]: seed, start time, limits, rollback, snapshot key.
@@ -54,6 +56,7 @@ impl<In, Out: DeserializeOwned> WasmBoxBuilder<In, Out> {
                 rollback_on_trap: false,
                 stdout_to_stderr: false,
                 snapshot_key: None,
+                codec: Codec::Bincode,
             },
             _types: PhantomData,
         }
@@ -109,6 +112,17 @@ impl<In, Out: DeserializeOwned> WasmBoxBuilder<In, Out> {
         self
     }
 
+    /// How messages and outputs are encoded: [`Codec::Bincode`] (the default; every guest
+    /// speaks it) or [`Codec::Json`] (JSON text; for guests built with the `json` feature of
+    /// the `wasmbox` crate — others are refused with [`Error::CodecUnsupported`]). The host's
+    /// `In` and `Out` are encoded and decoded the same way, so `WasmBoxHost<serde_json::Value,
+    /// serde_json::Value>` with JSON relays any guest's messages as JSON values. The codec is not
+    /// part of a box's state: snapshots move between hosts of either codec.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.options.codec = codec;
+        self
+    }
+
     /// Creates the box: runs the module's start function if it has one, then the guest's
     /// initialisation. Outputs the guest sends while initialising reach `callback` before this
     /// returns.
@@ -125,14 +139,17 @@ impl<In, Out: DeserializeOwned> WasmBoxBuilder<In, Out> {
             .clock
             .set_millis(self.options.start_millis);
         let mut host = WasmBoxHost::from_live(self.module, self.options, live, Box::new(callback));
-        host.guest_call(|live| {
-            if let Some(start) = &live.start {
-                start.call(&mut live.store, ())?;
-            }
-            live.init.call(&mut live.store, ())
-        })?;
+        let status = host.guest_call(Live::run_init)?;
         host.deliver_outputs()?;
-        Ok(host)
+        match Status::from_code(status) {
+            Some(Status::Ok) => Ok(host),
+            Some(Status::CodecUnsupported) => Err(Error::CodecUnsupported {
+                codec: host.options.codec,
+            }),
+            _ => Err(Error::GuestAbi(format!(
+                "the init export returned the unexpected status code {status}"
+            ))),
+        }
     }
 
     /// Creates the box from a [`Template`] of this builder's module: its memory is mapped

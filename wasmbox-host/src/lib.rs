@@ -64,6 +64,7 @@ pub use module::{ModuleOptions, PRECOMPILED_MAGIC, WasmBoxModule};
 pub use sandbox::{Clock, DEFAULT_SEED, DEFAULT_START_MILLIS};
 pub use snapshot::{GlobalValue, MemoryChunk, MemoryImage, Snapshot, Value};
 pub use template::Template;
+pub use wasmbox::abi::Codec;
 
 use builder::BoxOptions;
 use live::Live;
@@ -154,14 +155,15 @@ where
     /// [`Error::Poisoned`] after an earlier trap; [`Error::GuestPanicked`],
     /// [`Error::GuestTrapped`], [`Error::LimitExceeded`] when the guest fails (the box is then
     /// poisoned, or rolled back if [`WasmBoxBuilder::rollback_on_trap`] is on);
-    /// [`Error::InputRejected`] / [`Error::OutputDecode`] when the message types disagree.
+    /// [`Error::InputRejected`] (with the guest's reason; the box goes on) /
+    /// [`Error::OutputDecode`] when the message types disagree.
     pub fn message<Q>(&mut self, input: &Q) -> Result<(), Error>
     where
         Q: Serialize + ?Sized,
         In: Borrow<Q>,
     {
         self.check_usable()?;
-        wasmbox::abi::encode_into(input, &mut self.scratch).map_err(Error::InputEncode)?;
+        relay::encode_into(self.options.codec, input, &mut self.scratch)?;
         self.relay_message()
     }
 

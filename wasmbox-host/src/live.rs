@@ -10,7 +10,7 @@ use crate::relay::classify;
 use crate::sandbox::{BoxState, Clock};
 use crate::snapshot::{GlobalValue, MemoryView, Value, unsupported_global};
 use rand_chacha::ChaCha20Rng;
-use wasmbox::abi;
+use wasmbox::abi::{self, Codec};
 use wasmtime::{Global, InstancePre, Memory, Store, TypedFunc};
 
 // An instance and the handles the host uses on it. Invariant: `globals[i]` is the export of
@@ -19,12 +19,14 @@ use wasmtime::{Global, InstancePre, Memory, Store, TypedFunc};
 pub(crate) struct Live {
     pub store: Store<BoxState>,
     pub memory: Memory,
-    pub init: TypedFunc<(), ()>,
+    pub init: TypedFunc<u32, u32>,
     /// The module's start function, moved out of its start section by the load-time pass; run
     /// once, on a new box only.
     pub start: Option<TypedFunc<(), ()>>,
     input_buffer: TypedFunc<u32, u32>,
-    message: TypedFunc<u32, u32>,
+    message: TypedFunc<(u32, u32), u32>,
+    /// The codec of every call.
+    pub codec: Codec,
     globals: Vec<Global>,
     /// The guest's input buffer `(address, capacity)` as last reported.
     input: Option<(u32, u32)>,
@@ -72,6 +74,16 @@ impl Live {
                 expected: abi::ABI_VERSION,
             });
         }
+        let codecs = instance
+            .get_typed_func::<(), u32>(&mut store, abi::EXPORT_CODECS)
+            .map_err(missing)?
+            .call(&mut store, ())
+            .map_err(|e| classify(e, store.data_mut()))?;
+        if codecs & options.codec.bit() == 0 {
+            return Err(Error::CodecUnsupported {
+                codec: options.codec,
+            });
+        }
         let globals = inner
             .info
             .mutable_globals
@@ -101,6 +113,7 @@ impl Live {
             memory,
             globals,
             input: None,
+            codec: options.codec,
         })
     }
 
@@ -219,6 +232,14 @@ impl Live {
             return Err(wasmtime::Error::msg(text));
         };
         dst.copy_from_slice(bytes);
-        self.message.call(&mut self.store, len)
+        self.message.call(&mut self.store, (len, self.codec as u32))
+    }
+
+    /// Runs the guest's init (after the start function, if the module has one).
+    pub fn run_init(&mut self) -> wasmtime::Result<u32> {
+        if let Some(start) = &self.start {
+            start.call(&mut self.store, ())?;
+        }
+        self.init.call(&mut self.store, self.codec as u32)
     }
 }

@@ -8,8 +8,9 @@ use crate::limits::LimitKind;
 use crate::live::Live;
 use crate::restore::Source;
 use crate::sandbox::BoxState;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use wasmbox::abi::{self, Status};
+use wasmbox::abi::{self, Codec, Status};
 use wasmtime::Trap;
 
 impl<In, Out: DeserializeOwned> WasmBoxHost<In, Out> {
@@ -28,7 +29,18 @@ impl<In, Out: DeserializeOwned> WasmBoxHost<In, Out> {
         self.scratch = scratch;
         match Status::from_code(status?) {
             Some(Status::Ok) => self.deliver_outputs(),
-            Some(Status::InputDecode) => Err(Error::InputRejected),
+            Some(Status::InputDecode) => Err(Error::InputRejected {
+                reason: self
+                    .live
+                    .store
+                    .data_mut()
+                    .reject_reason
+                    .take()
+                    .unwrap_or_default(),
+            }),
+            Some(Status::CodecUnsupported) => Err(Error::CodecUnsupported {
+                codec: self.options.codec,
+            }),
             Some(Status::Finished) => {
                 // What the guest sent before its `run` returned still reaches the callback.
                 self.deliver_outputs()?;
@@ -59,6 +71,7 @@ impl<In, Out: DeserializeOwned> WasmBoxHost<In, Out> {
         let state = live.store.data_mut();
         state.outbox.clear();
         state.panic_message = None;
+        state.reject_reason = None;
         state.abi_violation = None;
         state.limiter.hit = false;
         state.max_output = limits.max_message_bytes;
@@ -90,7 +103,7 @@ impl<In, Out: DeserializeOwned> WasmBoxHost<In, Out> {
         let mut outbox = std::mem::take(&mut self.live.store.data_mut().outbox);
         let mut result = Ok(());
         for bytes in &outbox {
-            match abi::decode::<Out>(bytes) {
+            match decode::<Out>(self.options.codec, bytes) {
                 Ok(output) => (self.callback)(output),
                 Err(e) => {
                     result = Err(Error::OutputDecode(e));
@@ -102,6 +115,31 @@ impl<In, Out: DeserializeOwned> WasmBoxHost<In, Out> {
         outbox.clear();
         self.live.store.data_mut().outbox = outbox;
         result
+    }
+}
+
+/// Encodes an input with `codec` into `buf` (cleared first).
+pub(crate) fn encode_into<T: Serialize + ?Sized>(
+    codec: Codec,
+    value: &T,
+    buf: &mut Vec<u8>,
+) -> Result<(), Error> {
+    match codec {
+        Codec::Bincode => {
+            abi::encode_into(value, buf).map_err(|e| Error::InputEncode(e.to_string()))
+        }
+        Codec::Json => {
+            buf.clear();
+            serde_json::to_writer(buf, value).map_err(|e| Error::InputEncode(e.to_string()))
+        }
+    }
+}
+
+/// Decodes an output with `codec`; never allocates more than `bytes` can justify.
+fn decode<T: DeserializeOwned>(codec: Codec, bytes: &[u8]) -> Result<T, String> {
+    match codec {
+        Codec::Bincode => abi::decode(bytes).map_err(|e| e.to_string()),
+        Codec::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
     }
 }
 

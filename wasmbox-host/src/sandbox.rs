@@ -101,6 +101,8 @@ pub(crate) struct BoxState {
     pub max_output: u64,
     /// Set by the guest's panic hook before it traps.
     pub panic_message: Option<String>,
+    /// Why the guest could not decode the current input, as it said.
+    pub reject_reason: Option<String>,
     /// Set when a host function refuses what the guest asked and traps it.
     pub abi_violation: Option<crate::Error>,
 }
@@ -119,6 +121,7 @@ impl BoxState {
             outbox: Vec::new(),
             max_output: limits.max_message_bytes,
             panic_message: None,
+            reject_reason: None,
             abi_violation: None,
         }
     }
@@ -252,6 +255,19 @@ pub(crate) fn add_to_linker(linker: &mut Linker<BoxState>) -> wasmtime::Result<(
                     format!("(the panic text at {ptr:#x}+{len} is outside the guest's memory)")
                 });
             caller.data_mut().panic_message = Some(text);
+        },
+    )?;
+    linker.func_wrap(
+        abi::IMPORT_MODULE,
+        abi::IMPORT_REJECT,
+        |mut caller: Caller<'_, BoxState>, ptr: u32, len: u32| {
+            // Keep at most 64 KiB of the reason.
+            let text = read_guest(&mut caller, ptr, len.min(64 << 10))
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_else(|| {
+                    format!("(the reason at {ptr:#x}+{len} is outside the guest's memory)")
+                });
+            caller.data_mut().reject_reason = Some(text);
         },
     )?;
     Ok(())
