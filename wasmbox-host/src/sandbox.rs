@@ -248,12 +248,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<BoxState>) -> wasmtime::Result<(
         abi::IMPORT_MODULE,
         abi::IMPORT_PANIC,
         |mut caller: Caller<'_, BoxState>, ptr: u32, len: u32| {
-            // Keep at most 64 KiB of panic text.
-            let text = read_guest(&mut caller, ptr, len.min(64 << 10))
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_else(|| {
-                    format!("(the panic text at {ptr:#x}+{len} is outside the guest's memory)")
-                });
+            let text = read_text(&mut caller, ptr, len, "panic text");
             caller.data_mut().panic_message = Some(text);
         },
     )?;
@@ -261,12 +256,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<BoxState>) -> wasmtime::Result<(
         abi::IMPORT_MODULE,
         abi::IMPORT_REJECT,
         |mut caller: Caller<'_, BoxState>, ptr: u32, len: u32| {
-            // Keep at most 64 KiB of the reason.
-            let text = read_guest(&mut caller, ptr, len.min(64 << 10))
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_else(|| {
-                    format!("(the reason at {ptr:#x}+{len} is outside the guest's memory)")
-                });
+            let text = read_text(&mut caller, ptr, len, "reason");
             caller.data_mut().reject_reason = Some(text);
         },
     )?;
@@ -282,6 +272,14 @@ fn violation(caller: &mut Caller<'_, BoxState>, error: crate::Error) -> wasmtime
 
 fn errno(ok: bool) -> i32 {
     if ok { ERRNO_SUCCESS } else { ERRNO_FAULT }
+}
+
+/// At most 64 KiB of the UTF-8 text (`what`) a guest hands over at `ptr..ptr+len`, lossily
+/// decoded; a note in its place if it lies outside the guest's memory.
+fn read_text(caller: &mut Caller<'_, BoxState>, ptr: u32, len: u32, what: &str) -> String {
+    read_guest(caller, ptr, len.min(64 << 10))
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_else(|| format!("(the {what} at {ptr:#x}+{len} is outside the guest's memory)"))
 }
 
 /// The guest bytes at `ptr..ptr+len`, or `None` if they are not all inside its memory.
