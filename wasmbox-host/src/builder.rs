@@ -5,7 +5,7 @@ use crate::WasmBoxHost;
 use crate::error::Error;
 use crate::file::{self, SnapshotKey};
 use crate::limits::Limits;
-use crate::live::Live;
+use crate::live::{BoxOptions, Live};
 use crate::module::WasmBoxModule;
 use crate::restore::{self, Source};
 use crate::sandbox::{DEFAULT_SEED, DEFAULT_START_MILLIS};
@@ -15,19 +15,6 @@ use serde::de::DeserializeOwned;
 use std::marker::PhantomData;
 use std::path::Path;
 use wasmbox::abi::{Codec, Status};
-
-/// The per-box settings a builder chooses. They stay with the box for its whole life: no
-/// restore changes them.
-#[derive(Clone, Debug)]
-pub(crate) struct BoxOptions {
-    pub seed: u64,
-    pub start_millis: u64,
-    pub limits: Limits,
-    pub rollback_on_trap: bool,
-    pub stdout_to_stderr: bool,
-    pub snapshot_key: Option<SnapshotKey>,
-    pub codec: Codec,
-}
 
 /// Configures a new box of a [`WasmBoxModule`]: seed, start time, limits, rollback, snapshot key.
 pub struct WasmBoxBuilder<In = String, Out = String> {

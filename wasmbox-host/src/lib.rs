@@ -35,7 +35,7 @@
 //!    format adds a header, a CRC-32 and, with a [`SnapshotKey`], a keyed MAC.
 //! 5. **decode**: a file is read in one bulk read and decoded into a view that borrows its
 //!    bytes (no copy of the memory), checking magic, version, length, CRC and MAC.
-//! 6. **check** (`restore.rs`): the one place that checks a snapshot against a module: format
+//! 6. **check** (`check.rs`): the one place that checks a snapshot against a module: format
 //!    version, fingerprint, memory consistency, the host's memory limit, globals.
 //! 7. **restore** (`restore.rs`): one routine builds a fresh instance holding exactly the
 //!    state — from a snapshot (value, file, builder, fork, rollback) or a [`Template`] — under
@@ -44,6 +44,7 @@
 
 mod builder;
 mod capture;
+mod check;
 mod error;
 mod file;
 mod instrument;
@@ -66,8 +67,7 @@ pub use snapshot::{GlobalValue, MemoryChunk, MemoryImage, Snapshot, Value};
 pub use template::Template;
 pub use wasmbox::abi::Codec;
 
-use builder::BoxOptions;
-use live::Live;
+use live::{BoxOptions, Live};
 use restore::Source;
 use serde::Serialize;
 use serde::de::DeserializeOwned;

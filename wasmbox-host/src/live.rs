@@ -2,16 +2,27 @@
 //! new, restored and template boxes), globals, memory loading and the input buffer.
 
 use crate::PAGE_SIZE;
-use crate::builder::BoxOptions;
 use crate::error::{Error, SnapshotError};
 use crate::limits::LimitKind;
 use crate::module::WasmBoxModule;
-use crate::relay::classify;
 use crate::sandbox::{BoxState, Clock};
 use crate::snapshot::{GlobalValue, MemoryView, Value, unsupported_global};
 use rand_chacha::ChaCha20Rng;
 use wasmbox::abi::{self, Codec};
 use wasmtime::{Global, InstancePre, Memory, Store, TypedFunc};
+
+/// The per-box settings a builder chooses. They stay with the box for its whole life: no
+/// restore changes them.
+#[derive(Clone, Debug)]
+pub(crate) struct BoxOptions {
+    pub seed: u64,
+    pub start_millis: u64,
+    pub limits: crate::limits::Limits,
+    pub rollback_on_trap: bool,
+    pub stdout_to_stderr: bool,
+    pub snapshot_key: Option<crate::file::SnapshotKey>,
+    pub codec: Codec,
+}
 
 // An instance and the handles the host uses on it. Invariant: `globals[i]` is the export of
 // `module.inner.info.mutable_globals[i]` of the module this instance was made from, so the two
@@ -67,7 +78,7 @@ impl Live {
             .map_err(missing)?;
         let found = version
             .call(&mut store, ())
-            .map_err(|e| classify(e, store.data_mut()))?;
+            .map_err(|e| store.data_mut().classify(e))?;
         if found != abi::ABI_VERSION {
             return Err(Error::AbiVersion {
                 found,
@@ -78,7 +89,7 @@ impl Live {
             .get_typed_func::<(), u32>(&mut store, abi::EXPORT_CODECS)
             .map_err(missing)?
             .call(&mut store, ())
-            .map_err(|e| classify(e, store.data_mut()))?;
+            .map_err(|e| store.data_mut().classify(e))?;
         if codecs & options.codec.bit() == 0 {
             return Err(Error::CodecUnsupported {
                 codec: options.codec,

@@ -4,14 +4,11 @@
 
 use crate::WasmBoxHost;
 use crate::error::Error;
-use crate::limits::LimitKind;
 use crate::live::Live;
 use crate::restore::Source;
-use crate::sandbox::BoxState;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wasmbox::abi::{self, Codec, Status};
-use wasmtime::Trap;
 
 impl<In, Out: DeserializeOwned> WasmBoxHost<In, Out> {
     /// Sends the encoded input in `self.scratch` to the guest and delivers its outputs.
@@ -78,7 +75,7 @@ impl<In, Out: DeserializeOwned> WasmBoxHost<In, Out> {
         match f(live) {
             Ok(r) => Ok(r),
             Err(e) => {
-                let error = classify(e, live.store.data_mut());
+                let error = live.store.data_mut().classify(e);
                 live.forget_input_buffer();
                 live.store.data_mut().outbox.clear();
                 match self.last_good.take() {
@@ -141,42 +138,4 @@ fn decode<T: DeserializeOwned>(codec: Codec, bytes: &[u8]) -> Result<T, String> 
         Codec::Bincode => abi::decode(bytes).map_err(|e| e.to_string()),
         Codec::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
     }
-}
-
-/// Turns a failed guest call into the most specific error.
-pub(crate) fn classify(e: wasmtime::Error, state: &mut BoxState) -> Error {
-    if let Some(error) = state.abi_violation.take() {
-        return error;
-    }
-    if state.limiter.hit {
-        return Error::LimitExceeded {
-            limit: LimitKind::Memory,
-        };
-    }
-    if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
-        return Error::GuestExited(exit.0);
-    }
-    let trap = e.downcast_ref::<Trap>().copied();
-    match trap {
-        Some(Trap::OutOfFuel) => {
-            return Error::LimitExceeded {
-                limit: LimitKind::Fuel,
-            };
-        }
-        Some(Trap::Interrupt) => {
-            return Error::LimitExceeded {
-                limit: LimitKind::Deadline,
-            };
-        }
-        _ => {}
-    }
-    if let Some(message) = state.panic_message.take() {
-        return Error::GuestPanicked { message };
-    }
-    let message = match trap {
-        Some(Trap::StackOverflow) => "stack overflow".to_string(),
-        Some(t) => format!("{t}"),
-        None => format!("{e:#}"),
-    };
-    Error::GuestTrapped { trap, message }
 }

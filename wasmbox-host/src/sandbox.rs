@@ -8,12 +8,14 @@
 //! generator, which are part of every snapshot. A sleep advances the box's clock instead of
 //! blocking the host thread.
 
+use crate::error::Error;
+use crate::limits::LimitKind;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng as _, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use wasmbox::abi;
-use wasmtime::{Caller, Linker, Memory};
+use wasmtime::{Caller, Linker, Memory, Trap};
 use wasmtime_wasi::p1::WasiP1Ctx;
 
 /// The wall clock a new box starts at: 2020-01-01T00:00:00Z, in milliseconds since the epoch.
@@ -104,7 +106,7 @@ pub(crate) struct BoxState {
     /// Why the guest could not decode the current input, as it said.
     pub reject_reason: Option<String>,
     /// Set when a host function refuses what the guest asked and traps it.
-    pub abi_violation: Option<crate::Error>,
+    pub abi_violation: Option<Error>,
 }
 
 impl BoxState {
@@ -124,6 +126,43 @@ impl BoxState {
             reject_reason: None,
             abi_violation: None,
         }
+    }
+    /// Turns a failed guest call into the most specific error, from what the call left here.
+    pub fn classify(&mut self, e: wasmtime::Error) -> Error {
+        if let Some(error) = self.abi_violation.take() {
+            return error;
+        }
+        if self.limiter.hit {
+            return Error::LimitExceeded {
+                limit: LimitKind::Memory,
+            };
+        }
+        if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            return Error::GuestExited(exit.0);
+        }
+        let trap = e.downcast_ref::<Trap>().copied();
+        match trap {
+            Some(Trap::OutOfFuel) => {
+                return Error::LimitExceeded {
+                    limit: LimitKind::Fuel,
+                };
+            }
+            Some(Trap::Interrupt) => {
+                return Error::LimitExceeded {
+                    limit: LimitKind::Deadline,
+                };
+            }
+            _ => {}
+        }
+        if let Some(message) = self.panic_message.take() {
+            return Error::GuestPanicked { message };
+        }
+        let message = match trap {
+            Some(Trap::StackOverflow) => "stack overflow".to_string(),
+            Some(t) => format!("{t}"),
+            None => format!("{e:#}"),
+        };
+        Error::GuestTrapped { trap, message }
     }
 }
 
@@ -225,7 +264,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<BoxState>) -> wasmtime::Result<(
             if u64::from(len) > max {
                 return Err(violation(
                     &mut caller,
-                    crate::Error::MessageTooLarge {
+                    Error::MessageTooLarge {
                         len: len.into(),
                         max,
                     },
@@ -234,7 +273,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<BoxState>) -> wasmtime::Result<(
             let bytes = match read_guest(&mut caller, ptr, len) {
                 Some(bytes) => bytes.to_vec(),
                 None => {
-                    let e = crate::Error::GuestAbi(format!(
+                    let e = Error::GuestAbi(format!(
                         "send({ptr:#x}, {len}) points outside the guest's memory"
                     ));
                     return Err(violation(&mut caller, e));
@@ -264,7 +303,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<BoxState>) -> wasmtime::Result<(
 }
 
 /// Records why the host refused a guest call; the returned error traps the guest.
-fn violation(caller: &mut Caller<'_, BoxState>, error: crate::Error) -> wasmtime::Error {
+fn violation(caller: &mut Caller<'_, BoxState>, error: Error) -> wasmtime::Error {
     let text = error.to_string();
     caller.data_mut().abi_violation = Some(error);
     wasmtime::Error::msg(text)
