@@ -1,6 +1,7 @@
-//! `wasmbox-cli`: run a WasmBox guest whose messages are `String`s, type lines at it, freeze
-//! it to a snapshot file and bring it back. `run` relays stdin to the guest; `compile`
-//! precompiles a module for faster start-up.
+//! `wasmbox-cli`: run a WasmBox guest whose messages are `String`s (or, with `--json`, any
+//! guest built with the `json` feature), type lines at it, freeze it to a snapshot file and
+//! bring it back. `run` relays stdin to the guest; `compile` precompiles a module for faster
+//! start-up; `new` creates a guest crate; `inspect` shows what a snapshot file holds.
 
 mod input;
 mod inspect;
@@ -23,7 +24,8 @@ use wasmbox_host::WasmBoxModule;
 
 /// Run WasmBox guests: relay lines to them, snapshot them to files, restore them.
 ///
-/// Works with guests whose messages are `String`s in both directions.
+/// Works with guests whose messages are `String`s in both directions, and with `run --json`
+/// with any guest built with the `json` feature of the `wasmbox` crate.
 #[derive(Debug, Parser)]
 #[command(name = "wasmbox-cli", version, propagate_version = true)]
 struct Cli {
@@ -85,6 +87,12 @@ struct RunArgs {
     /// Directory where `!!snapshot` without a path writes a new file (created if missing).
     #[arg(long, value_name = "DIR", default_value = ".")]
     snapshot_dir: PathBuf,
+
+    /// Speak JSON: each stdin line is one JSON value, sent to the guest as its Input, and each
+    /// output is printed as one line of compact JSON. Works with any guest built with the
+    /// `json` feature of the `wasmbox` crate, whatever its message types.
+    #[arg(long)]
+    json: bool,
 
     /// Start from this snapshot file instead of a fresh box (the guest's init does not run;
     /// seed and clock come from the snapshot; the CLI's limits apply, whatever it records).
@@ -176,6 +184,7 @@ fn run_guest(args: RunArgs) -> Result<()> {
         start_time: args.start_time,
         snapshot_dir: args.snapshot_dir,
         restore: args.restore,
+        json: args.json,
     };
     let mut lines = input::stdin_lines()?;
     if input::interactive() {

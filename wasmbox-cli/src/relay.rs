@@ -4,6 +4,8 @@
 
 use crate::input::{Input, LineSource};
 use anyhow::{Context, Result, bail};
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
 use std::fs::OpenOptions;
@@ -11,7 +13,10 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
-use wasmbox_host::{Error, WasmBoxHost, WasmBoxModule};
+
+/// A JSON value kept as its text, so outputs are printed exactly as the guest wrote them.
+type Json = Box<RawValue>;
+use wasmbox_host::{Codec, Error, WasmBoxBuilder, WasmBoxHost, WasmBoxModule};
 
 /// The special lines, as `!!help` and `run --help` show them.
 pub const COMMANDS_HELP: &str = "\
@@ -111,11 +116,105 @@ pub struct SessionOptions {
     pub snapshot_dir: PathBuf,
     /// Start from this snapshot file instead of running the guest's init.
     pub restore: Option<PathBuf>,
+    /// Each line is one JSON value and each output is printed as compact JSON (the guest must
+    /// be built with the `json` feature of `wasmbox`); otherwise lines and outputs are strings.
+    pub json: bool,
+}
+
+/// The box, with `String` messages or JSON values.
+pub enum GuestBox {
+    /// A guest whose messages are `String`s in both directions.
+    Text(WasmBoxHost<String, String>),
+    /// Any guest built with the `json` feature, its messages relayed as JSON text.
+    Json(WasmBoxHost<Json, Json>),
+}
+
+/// Runs `$body` with `$host` bound to the box, whichever kind it is.
+macro_rules! each {
+    ($guest:expr, $host:ident => $body:expr) => {
+        match $guest {
+            GuestBox::Text($host) => $body,
+            GuestBox::Json($host) => $body,
+        }
+    };
+}
+
+impl fmt::Debug for GuestBox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        each!(self, host => host.fmt(f))
+    }
+}
+
+impl GuestBox {
+    /// Sends one line: the text itself, or the JSON value it holds.
+    ///
+    /// # Errors
+    /// A line that is not JSON (in JSON mode), or what the host says.
+    fn message(&mut self, line: &str) -> Result<(), anyhow::Error> {
+        match self {
+            GuestBox::Text(host) => Ok(host.message(line)?),
+            GuestBox::Json(host) => {
+                let value: Json = serde_json::from_str(line)
+                    .map_err(|e| anyhow::anyhow!("the line is not valid JSON: {e}"))?;
+                Ok(host.message(&value)?)
+            }
+        }
+    }
+
+    fn poisoned(&self) -> Option<&str> {
+        each!(self, host => host.poisoned())
+    }
+
+    #[cfg(test)]
+    fn clock(&self) -> wasmbox_host::Clock {
+        each!(self, host => host.clock())
+    }
+
+    fn set_time(&mut self, millis: u64) {
+        each!(self, host => host.set_time(millis))
+    }
+
+    fn advance_time(&mut self, by: Duration) {
+        each!(self, host => host.advance_time(by))
+    }
+
+    fn snapshot_to_file(&mut self, path: &Path) -> Result<(), Error> {
+        each!(self, host => host.snapshot_to_file(path))
+    }
+
+    fn restore_snapshot_from_file(&mut self, path: &Path) -> Result<(), Error> {
+        each!(self, host => host.restore_snapshot_from_file(path))
+    }
+}
+
+/// Starts a box from `builder` as `options` say, with outputs printed by `output`.
+fn start_box<In, Out: DeserializeOwned>(
+    builder: WasmBoxBuilder<In, Out>,
+    options: &SessionOptions,
+    output: impl FnMut(Out) + Send + 'static,
+) -> Result<WasmBoxHost<In, Out>> {
+    let builder = builder
+        .rollback_on_trap(true)
+        // stdout carries only the guest's messages.
+        .guest_stdout_to_stderr(true);
+    Ok(match &options.restore {
+        Some(path) => builder
+            .restore_from_file(path, output)
+            .with_context(|| format!("cannot start from the snapshot {}", path.display()))?,
+        None => {
+            let builder = builder.start_time(options.start_time.unwrap_or_else(real_time_millis));
+            let builder = match options.seed {
+                Some(seed) => builder.seed(seed),
+                None => builder,
+            };
+            builder.build(output).context("the guest failed to start")?
+        }
+    })
 }
 
 /// A running session: the box and the state of the relay around it.
 pub struct Relay {
-    host: WasmBoxHost<String, String>,
+    host: GuestBox,
     clock: ClockRule,
     snapshot_dir: PathBuf,
     /// Number of the last file name tried for an automatic snapshot.
@@ -140,25 +239,14 @@ impl Relay {
     /// If the snapshot cannot be read or used, or the guest fails to start.
     pub fn start(module: &WasmBoxModule, options: SessionOptions) -> Result<Relay> {
         let stdout = GuestOutput::default();
-        let builder = WasmBoxHost::<String, String>::builder(module)
-            .rollback_on_trap(true)
-            // stdout carries only the guest's messages.
-            .guest_stdout_to_stderr(true);
-        let host = match &options.restore {
-            Some(path) => builder
-                .restore_from_file(path, stdout.callback())
-                .with_context(|| format!("cannot start from the snapshot {}", path.display()))?,
-            None => {
-                let builder =
-                    builder.start_time(options.start_time.unwrap_or_else(real_time_millis));
-                let builder = match options.seed {
-                    Some(seed) => builder.seed(seed),
-                    None => builder,
-                };
-                builder
-                    .build(stdout.callback())
-                    .context("the guest failed to start")?
-            }
+        let host = if options.json {
+            let builder = WasmBoxHost::<Json, Json>::builder(module).codec(Codec::Json);
+            let print = stdout.printer(|value: Json| value.get().to_string());
+            GuestBox::Json(start_box(builder, &options, print)?)
+        } else {
+            let builder = WasmBoxHost::<String, String>::builder(module);
+            let print = stdout.printer(|text: String| one_line(&text).into_owned());
+            GuestBox::Text(start_box(builder, &options, print)?)
         };
         let relay = Relay {
             host,
@@ -232,14 +320,16 @@ impl Relay {
         if self.host.poisoned().is_some() {
             bail!("{error}; the box is unusable now: `!!restore` a snapshot to go on");
         }
-        match error {
-            Error::GuestPanicked { .. }
-            | Error::GuestTrapped { .. }
-            | Error::GuestExited(_)
-            | Error::LimitExceeded { .. } => {
+        match error.downcast_ref::<Error>() {
+            Some(
+                Error::GuestPanicked { .. }
+                | Error::GuestTrapped { .. }
+                | Error::GuestExited(_)
+                | Error::LimitExceeded { .. },
+            ) => {
                 bail!("{error}; the box was rolled back to its state before this message")
             }
-            other => Err(other.into()),
+            _ => Err(error),
         }
     }
 
@@ -328,7 +418,7 @@ impl ClockRule {
     /// Moves the box's clock forward by the real time elapsed between when it was last moved
     /// and `now`, to the nanosecond, unless time is frozen. The box's own sub-millisecond time
     /// (left by guest sleeps) is kept: the clock moves by the elapsed time, it is not set.
-    fn advance(&mut self, host: &mut WasmBoxHost<String, String>, now: Instant) {
+    fn advance(&mut self, host: &mut GuestBox, now: Instant) {
         if self.frozen {
             return;
         }
@@ -346,13 +436,17 @@ struct GuestOutput {
 }
 
 impl GuestOutput {
-    fn callback(&self) -> impl FnMut(String) + Send + 'static {
+    /// A callback that prints each output as the one line `line` makes of it.
+    fn printer<T>(
+        &self,
+        line: impl Fn(T) -> String + Send + 'static,
+    ) -> impl FnMut(T) + Send + 'static {
         let error = Arc::clone(&self.error);
-        move |text: String| {
+        move |output: T| {
             let mut error = error.lock().unwrap_or_else(PoisonError::into_inner);
             if error.is_none() {
                 let mut out = io::stdout().lock();
-                if let Err(e) = writeln!(out, "{}", one_line(&text)).and_then(|()| out.flush()) {
+                if let Err(e) = writeln!(out, "{}", line(output)).and_then(|()| out.flush()) {
                     *error = Some(e);
                 }
             }
@@ -392,7 +486,7 @@ mod tests {
     fn accept_clock_keeps_the_sub_millisecond_time_of_sleeps() -> Result<()> {
         let module =
             WasmBoxModule::from_file(guests::try_guest("counter").map_err(anyhow::Error::msg)?)?;
-        let mut host = WasmBoxHost::<String, String>::new(&module, |_| {})?;
+        let mut host = GuestBox::Text(WasmBoxHost::<String, String>::new(&module, |_| {})?);
         let start = host.clock();
         // What a guest sleep of 0.4 ms leaves: a clock between two milliseconds.
         host.advance_time(Duration::from_micros(400));

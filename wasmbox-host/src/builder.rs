@@ -5,27 +5,16 @@ use crate::WasmBoxHost;
 use crate::error::Error;
 use crate::file::{self, SnapshotKey};
 use crate::limits::Limits;
-use crate::live::Live;
+use crate::live::{BoxOptions, Live};
 use crate::module::WasmBoxModule;
 use crate::restore::{self, Source};
-use crate::sandbox::{DEFAULT_SEED, DEFAULT_START_MILLIS};
+use crate::sandbox::{Clock, DEFAULT_SEED, DEFAULT_START_MILLIS};
 use crate::snapshot::Snapshot;
 use crate::template::Template;
 use serde::de::DeserializeOwned;
 use std::marker::PhantomData;
 use std::path::Path;
-
-/// The per-box settings a builder chooses. They stay with the box for its whole life: no
-/// restore changes them.
-#[derive(Clone, Debug)]
-pub(crate) struct BoxOptions {
-    pub seed: u64,
-    pub start_millis: u64,
-    pub limits: Limits,
-    pub rollback_on_trap: bool,
-    pub stdout_to_stderr: bool,
-    pub snapshot_key: Option<SnapshotKey>,
-}
+use wasmbox::abi::{Codec, Status};
 
 /// Configures a new box of a [`WasmBoxModule`]: seed, start time, limits, rollback, snapshot key.
 pub struct WasmBoxBuilder<In = String, Out = String> {
@@ -54,6 +43,7 @@ impl<In, Out: DeserializeOwned> WasmBoxBuilder<In, Out> {
                 rollback_on_trap: false,
                 stdout_to_stderr: false,
                 snapshot_key: None,
+                codec: Codec::Bincode,
             },
             _types: PhantomData,
         }
@@ -109,6 +99,17 @@ impl<In, Out: DeserializeOwned> WasmBoxBuilder<In, Out> {
         self
     }
 
+    /// How messages and outputs are encoded: [`Codec::Bincode`] (the default; every guest
+    /// speaks it) or [`Codec::Json`] (JSON text; for guests built with the `json` feature of
+    /// the `wasmbox` crate — others are refused with [`Error::CodecUnsupported`]). The host's
+    /// `In` and `Out` are encoded and decoded the same way, so `WasmBoxHost<serde_json::Value,
+    /// serde_json::Value>` with JSON relays any guest's messages as JSON values. The codec is not
+    /// part of a box's state: snapshots move between hosts of either codec.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.options.codec = codec;
+        self
+    }
+
     /// Creates the box: runs the module's start function if it has one, then the guest's
     /// initialisation. Outputs the guest sends while initialising reach `callback` before this
     /// returns.
@@ -120,19 +121,20 @@ impl<In, Out: DeserializeOwned> WasmBoxBuilder<In, Out> {
         F: FnMut(Out) + Send + 'static,
     {
         let mut live = Live::instantiate(&self.module, &self.module.inner.pre, &self.options)?;
-        live.store
-            .data_mut()
-            .clock
-            .set_millis(self.options.start_millis);
+        // A new box's monotonic clock starts at zero, whatever its wall clock starts at.
+        live.store.data_mut().clock = Clock::starting_at(self.options.start_millis);
         let mut host = WasmBoxHost::from_live(self.module, self.options, live, Box::new(callback));
-        host.guest_call(|live| {
-            if let Some(start) = &live.start {
-                start.call(&mut live.store, ())?;
-            }
-            live.init.call(&mut live.store, ())
-        })?;
+        let status = host.guest_call(Live::run_init)?;
         host.deliver_outputs()?;
-        Ok(host)
+        match Status::from_code(status) {
+            Some(Status::Ok) => Ok(host),
+            Some(Status::CodecUnsupported) => Err(Error::CodecUnsupported {
+                codec: host.options.codec,
+            }),
+            _ => Err(Error::GuestAbi(format!(
+                "the init export returned the unexpected status code {status}"
+            ))),
+        }
     }
 
     /// Creates the box from a [`Template`] of this builder's module: its memory is mapped

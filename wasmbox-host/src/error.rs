@@ -69,16 +69,26 @@ pub enum Error {
     },
     /// The input could not be encoded.
     #[error("could not encode the input: {0}")]
-    InputEncode(#[source] bincode::Error),
+    InputEncode(String),
     /// The guest could not decode the input as its `Input` type: host and guest disagree on
-    /// the message type.
-    #[error(
-        "the guest could not decode the message as its Input type (do the host's and the guest's message types match?)"
-    )]
-    InputRejected,
+    /// the message type, or (with [`Codec::Json`](crate::Codec::Json)) the text is not a valid
+    /// `Input`. The guest did not run its handler; the box is not poisoned.
+    #[error("the guest could not decode the message as its Input type: {reason}")]
+    InputRejected {
+        /// The guest's decoder's message, e.g. serde's with the line and column.
+        reason: String,
+    },
     /// The guest sent bytes that do not decode as the host's `Output` type.
     #[error("the guest sent an output that does not decode as the host's Output type: {0}")]
-    OutputDecode(#[source] bincode::Error),
+    OutputDecode(String),
+    /// The box was asked to use a codec its guest does not speak.
+    #[error(
+        "the guest does not speak the {codec:?} codec: build it with the `json` feature of the `wasmbox` crate"
+    )]
+    CodecUnsupported {
+        /// The codec asked for.
+        codec: crate::Codec,
+    },
     /// A message or output is larger than the box's message size limit.
     #[error("a message of {len} bytes exceeds the limit of {max} bytes")]
     MessageTooLarge {

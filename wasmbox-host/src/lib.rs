@@ -35,7 +35,7 @@
 //!    format adds a header, a CRC-32 and, with a [`SnapshotKey`], a keyed MAC.
 //! 5. **decode**: a file is read in one bulk read and decoded into a view that borrows its
 //!    bytes (no copy of the memory), checking magic, version, length, CRC and MAC.
-//! 6. **check** (`restore.rs`): the one place that checks a snapshot against a module: format
+//! 6. **check** (`check.rs`): the one place that checks a snapshot against a module: format
 //!    version, fingerprint, memory consistency, the host's memory limit, globals.
 //! 7. **restore** (`restore.rs`): one routine builds a fresh instance holding exactly the
 //!    state — from a snapshot (value, file, builder, fork, rollback) or a [`Template`] — under
@@ -44,6 +44,7 @@
 
 mod builder;
 mod capture;
+mod check;
 mod error;
 mod file;
 mod instrument;
@@ -64,9 +65,9 @@ pub use module::{ModuleOptions, PRECOMPILED_MAGIC, WasmBoxModule};
 pub use sandbox::{Clock, DEFAULT_SEED, DEFAULT_START_MILLIS};
 pub use snapshot::{GlobalValue, MemoryChunk, MemoryImage, Snapshot, Value};
 pub use template::Template;
+pub use wasmbox::abi::Codec;
 
-use builder::BoxOptions;
-use live::Live;
+use live::{BoxOptions, Live};
 use restore::Source;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -154,14 +155,15 @@ where
     /// [`Error::Poisoned`] after an earlier trap; [`Error::GuestPanicked`],
     /// [`Error::GuestTrapped`], [`Error::LimitExceeded`] when the guest fails (the box is then
     /// poisoned, or rolled back if [`WasmBoxBuilder::rollback_on_trap`] is on);
-    /// [`Error::InputRejected`] / [`Error::OutputDecode`] when the message types disagree.
+    /// [`Error::InputRejected`] (with the guest's reason; the box goes on) /
+    /// [`Error::OutputDecode`] when the message types disagree.
     pub fn message<Q>(&mut self, input: &Q) -> Result<(), Error>
     where
         Q: Serialize + ?Sized,
         In: Borrow<Q>,
     {
         self.check_usable()?;
-        wasmbox::abi::encode_into(input, &mut self.scratch).map_err(Error::InputEncode)?;
+        relay::encode_into(self.options.codec, input, &mut self.scratch)?;
         self.relay_message()
     }
 

@@ -2,16 +2,27 @@
 //! new, restored and template boxes), globals, memory loading and the input buffer.
 
 use crate::PAGE_SIZE;
-use crate::builder::BoxOptions;
 use crate::error::{Error, SnapshotError};
 use crate::limits::LimitKind;
 use crate::module::WasmBoxModule;
-use crate::relay::classify;
 use crate::sandbox::{BoxState, Clock};
 use crate::snapshot::{GlobalValue, MemoryView, Value, unsupported_global};
 use rand_chacha::ChaCha20Rng;
-use wasmbox::abi;
+use wasmbox::abi::{self, Codec};
 use wasmtime::{Global, InstancePre, Memory, Store, TypedFunc};
+
+/// The per-box settings a builder chooses. They stay with the box for its whole life: no
+/// restore changes them.
+#[derive(Clone, Debug)]
+pub(crate) struct BoxOptions {
+    pub seed: u64,
+    pub start_millis: u64,
+    pub limits: crate::limits::Limits,
+    pub rollback_on_trap: bool,
+    pub stdout_to_stderr: bool,
+    pub snapshot_key: Option<crate::file::SnapshotKey>,
+    pub codec: Codec,
+}
 
 // An instance and the handles the host uses on it. Invariant: `globals[i]` is the export of
 // `module.inner.info.mutable_globals[i]` of the module this instance was made from, so the two
@@ -19,12 +30,14 @@ use wasmtime::{Global, InstancePre, Memory, Store, TypedFunc};
 pub(crate) struct Live {
     pub store: Store<BoxState>,
     pub memory: Memory,
-    pub init: TypedFunc<(), ()>,
+    pub init: TypedFunc<u32, u32>,
     /// The module's start function, moved out of its start section by the load-time pass; run
     /// once, on a new box only.
     pub start: Option<TypedFunc<(), ()>>,
     input_buffer: TypedFunc<u32, u32>,
-    message: TypedFunc<u32, u32>,
+    message: TypedFunc<(u32, u32), u32>,
+    /// The codec of every call.
+    pub codec: Codec,
     globals: Vec<Global>,
     /// The guest's input buffer `(address, capacity)` as last reported.
     input: Option<(u32, u32)>,
@@ -65,11 +78,21 @@ impl Live {
             .map_err(missing)?;
         let found = version
             .call(&mut store, ())
-            .map_err(|e| classify(e, store.data_mut()))?;
+            .map_err(|e| store.data_mut().classify(e))?;
         if found != abi::ABI_VERSION {
             return Err(Error::AbiVersion {
                 found,
                 expected: abi::ABI_VERSION,
+            });
+        }
+        let codecs = instance
+            .get_typed_func::<(), u32>(&mut store, abi::EXPORT_CODECS)
+            .map_err(missing)?
+            .call(&mut store, ())
+            .map_err(|e| store.data_mut().classify(e))?;
+        if codecs & options.codec.bit() == 0 {
+            return Err(Error::CodecUnsupported {
+                codec: options.codec,
             });
         }
         let globals = inner
@@ -101,6 +124,7 @@ impl Live {
             memory,
             globals,
             input: None,
+            codec: options.codec,
         })
     }
 
@@ -219,6 +243,14 @@ impl Live {
             return Err(wasmtime::Error::msg(text));
         };
         dst.copy_from_slice(bytes);
-        self.message.call(&mut self.store, len)
+        self.message.call(&mut self.store, (len, self.codec as u32))
+    }
+
+    /// Runs the guest's init (after the start function, if the module has one).
+    pub fn run_init(&mut self) -> wasmtime::Result<u32> {
+        if let Some(start) = &self.start {
+            start.call(&mut self.store, ())?;
+        }
+        self.init.call(&mut self.store, self.codec as u32)
     }
 }

@@ -266,16 +266,27 @@ fn start_ticker(engine: Engine, stop: Arc<AtomicBool>) {
 /// Checks that the module has every WasmBox export with the right signature.
 fn check_exports(module: &Module) -> Result<(), Error> {
     use ValType::I32;
-    let expected: [(&str, &[ValType], &[ValType]); 4] = [
+    let expected: [(&str, &[ValType], &[ValType]); 5] = [
         (abi::EXPORT_ABI_VERSION, &[], &[I32]),
-        (abi::EXPORT_INIT, &[], &[]),
+        (abi::EXPORT_CODECS, &[], &[I32]),
+        (abi::EXPORT_INIT, &[I32], &[I32]),
         (abi::EXPORT_INPUT_BUFFER, &[I32], &[I32]),
-        (abi::EXPORT_MESSAGE, &[I32], &[I32]),
+        (abi::EXPORT_MESSAGE, &[I32, I32], &[I32]),
     ];
     for (name, params, results) in expected {
+        // Past the version export, a missing or mistyped export is most likely a guest built
+        // against another version of the `wasmbox` crate.
+        let hint = if name == abi::EXPORT_ABI_VERSION {
+            String::new()
+        } else {
+            format!(
+                " (a guest built against another version of the `wasmbox` crate? This host speaks WasmBox ABI version {})",
+                abi::ABI_VERSION
+            )
+        };
         let Some(ExternType::Func(ty)) = module.get_export(name) else {
             return Err(Error::NotAGuest(format!(
-                "the module has no function export `{name}`: is it built with the `wasmbox` crate and a #[wasmbox] or #[wasmbox_sync] item?"
+                "the module has no function export `{name}`: is it built with the `wasmbox` crate and a #[wasmbox] or #[wasmbox_sync] item?{hint}"
             )));
         };
         let same = |a: &mut dyn ExactSizeIterator<Item = ValType>, b: &[ValType]| {
@@ -283,7 +294,7 @@ fn check_exports(module: &Module) -> Result<(), Error> {
         };
         if !same(&mut ty.params(), params) || !same(&mut ty.results(), results) {
             return Err(Error::NotAGuest(format!(
-                "the export `{name}` has the wrong signature: {ty}"
+                "the export `{name}` has the wrong signature: {ty}{hint}"
             )));
         }
     }

@@ -4,13 +4,11 @@
 
 use crate::WasmBoxHost;
 use crate::error::Error;
-use crate::limits::LimitKind;
 use crate::live::Live;
 use crate::restore::Source;
-use crate::sandbox::BoxState;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use wasmbox::abi::{self, Status};
-use wasmtime::Trap;
+use wasmbox::abi::{self, Codec, Status};
 
 impl<In, Out: DeserializeOwned> WasmBoxHost<In, Out> {
     /// Sends the encoded input in `self.scratch` to the guest and delivers its outputs.
@@ -28,7 +26,18 @@ impl<In, Out: DeserializeOwned> WasmBoxHost<In, Out> {
         self.scratch = scratch;
         match Status::from_code(status?) {
             Some(Status::Ok) => self.deliver_outputs(),
-            Some(Status::InputDecode) => Err(Error::InputRejected),
+            Some(Status::InputDecode) => Err(Error::InputRejected {
+                reason: self
+                    .live
+                    .store
+                    .data_mut()
+                    .reject_reason
+                    .take()
+                    .unwrap_or_default(),
+            }),
+            Some(Status::CodecUnsupported) => Err(Error::CodecUnsupported {
+                codec: self.options.codec,
+            }),
             Some(Status::Finished) => {
                 // What the guest sent before its `run` returned still reaches the callback.
                 self.deliver_outputs()?;
@@ -59,13 +68,14 @@ impl<In, Out: DeserializeOwned> WasmBoxHost<In, Out> {
         let state = live.store.data_mut();
         state.outbox.clear();
         state.panic_message = None;
+        state.reject_reason = None;
         state.abi_violation = None;
         state.limiter.hit = false;
         state.max_output = limits.max_message_bytes;
         match f(live) {
             Ok(r) => Ok(r),
             Err(e) => {
-                let error = classify(e, live.store.data_mut());
+                let error = live.store.data_mut().classify(e);
                 live.forget_input_buffer();
                 live.store.data_mut().outbox.clear();
                 match self.last_good.take() {
@@ -90,7 +100,7 @@ impl<In, Out: DeserializeOwned> WasmBoxHost<In, Out> {
         let mut outbox = std::mem::take(&mut self.live.store.data_mut().outbox);
         let mut result = Ok(());
         for bytes in &outbox {
-            match abi::decode::<Out>(bytes) {
+            match decode::<Out>(self.options.codec, bytes) {
                 Ok(output) => (self.callback)(output),
                 Err(e) => {
                     result = Err(Error::OutputDecode(e));
@@ -105,40 +115,27 @@ impl<In, Out: DeserializeOwned> WasmBoxHost<In, Out> {
     }
 }
 
-/// Turns a failed guest call into the most specific error.
-pub(crate) fn classify(e: wasmtime::Error, state: &mut BoxState) -> Error {
-    if let Some(error) = state.abi_violation.take() {
-        return error;
-    }
-    if state.limiter.hit {
-        return Error::LimitExceeded {
-            limit: LimitKind::Memory,
-        };
-    }
-    if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
-        return Error::GuestExited(exit.0);
-    }
-    let trap = e.downcast_ref::<Trap>().copied();
-    match trap {
-        Some(Trap::OutOfFuel) => {
-            return Error::LimitExceeded {
-                limit: LimitKind::Fuel,
-            };
+/// Encodes an input with `codec` into `buf` (cleared first).
+pub(crate) fn encode_into<T: Serialize + ?Sized>(
+    codec: Codec,
+    value: &T,
+    buf: &mut Vec<u8>,
+) -> Result<(), Error> {
+    match codec {
+        Codec::Bincode => {
+            abi::encode_into(value, buf).map_err(|e| Error::InputEncode(e.to_string()))
         }
-        Some(Trap::Interrupt) => {
-            return Error::LimitExceeded {
-                limit: LimitKind::Deadline,
-            };
+        Codec::Json => {
+            buf.clear();
+            serde_json::to_writer(buf, value).map_err(|e| Error::InputEncode(e.to_string()))
         }
-        _ => {}
     }
-    if let Some(message) = state.panic_message.take() {
-        return Error::GuestPanicked { message };
+}
+
+/// Decodes an output with `codec`; never allocates more than `bytes` can justify.
+fn decode<T: DeserializeOwned>(codec: Codec, bytes: &[u8]) -> Result<T, String> {
+    match codec {
+        Codec::Bincode => abi::decode(bytes).map_err(|e| e.to_string()),
+        Codec::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
     }
-    let message = match trap {
-        Some(Trap::StackOverflow) => "stack overflow".to_string(),
-        Some(t) => format!("{t}"),
-        None => format!("{e:#}"),
-    };
-    Error::GuestTrapped { trap, message }
 }

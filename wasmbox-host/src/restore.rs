@@ -1,20 +1,18 @@
-//! Restore: the one routine that builds a box's instance from a saved state, and the one
-//! place that checks a snapshot against a module. Every way of restoring goes through
-//! [`restore`] — a snapshot value, a file, the builder, a template, a fork, a rollback — and
-//! every caller swaps the instance it returns in only once it succeeded, so an error leaves
-//! the box as it was.
+//! Restore: the one routine that builds a box's instance from a saved state. Every way of
+//! restoring goes through [`restore`] — a snapshot value, a file, the builder, a template, a
+//! fork, a rollback — and every caller swaps the instance it returns in only once it
+//! succeeded, so an error leaves the box as it was.
 //!
 //! The rule for limits is simple: **the host's limits, always**. The instance is made under the
 //! limits of the box being restored into (its builder's); the limits a snapshot records are
 //! never adopted, and a snapshot or template whose memory exceeds the host's memory limit is
-//! refused.
+//! refused (`check.rs`).
 
-use crate::builder::BoxOptions;
-use crate::error::{Error, SnapshotError};
-use crate::limits::Limits;
-use crate::live::Live;
+use crate::check::{check, check_pages};
+use crate::error::Error;
+use crate::live::{BoxOptions, Live};
 use crate::module::WasmBoxModule;
-use crate::snapshot::{SnapshotView, check_memory, check_version, hex};
+use crate::snapshot::SnapshotView;
 use crate::template::Template;
 
 /// Where a restored state comes from.
@@ -57,57 +55,4 @@ pub(crate) fn restore(
     };
     live.install(clock, rng);
     Ok(live)
-}
-
-/// Checks that `snapshot` belongs to `module`, is consistent in itself, and (given limits)
-/// fits them.
-pub(crate) fn check(
-    module: &WasmBoxModule,
-    limits: Option<&Limits>,
-    snapshot: &SnapshotView<'_>,
-) -> Result<(), SnapshotError> {
-    check_version(snapshot.format_version)?;
-    let inner = &module.inner;
-    if snapshot.module_fingerprint != inner.fingerprint {
-        return Err(SnapshotError::WrongModule {
-            expected: module.fingerprint_hex(),
-            found: hex(&snapshot.module_fingerprint),
-        });
-    }
-    check_memory(&snapshot.memory)?;
-    check_pages(module, limits, snapshot.memory.pages)?;
-    let globals = &inner.info.mutable_globals;
-    let matches = snapshot.globals.len() == globals.len()
-        && snapshot
-            .globals
-            .iter()
-            .zip(globals)
-            .all(|(saved, info)| saved.index == info.index && saved.value.kind() == info.ty);
-    if !matches {
-        return Err(SnapshotError::Malformed(
-            "its globals do not match the module's".into(),
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a memory size against the module's bounds and the host's memory limit.
-fn check_pages(
-    module: &WasmBoxModule,
-    limits: Option<&Limits>,
-    pages: u64,
-) -> Result<(), SnapshotError> {
-    let info = &module.inner.info;
-    let max_pages = limits.map_or(65536, Limits::max_memory_pages);
-    let max_pages = info.maximum_pages.map_or(max_pages, |m| m.min(max_pages));
-    if pages > max_pages {
-        return Err(SnapshotError::TooLarge { pages, max_pages });
-    }
-    if pages < info.initial_pages {
-        return Err(SnapshotError::Malformed(format!(
-            "the snapshot has {pages} pages of memory, fewer than the module's minimum of {}",
-            info.initial_pages
-        )));
-    }
-    Ok(())
 }

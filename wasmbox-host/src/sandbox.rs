@@ -8,12 +8,14 @@
 //! generator, which are part of every snapshot. A sleep advances the box's clock instead of
 //! blocking the host thread.
 
+use crate::error::Error;
+use crate::limits::LimitKind;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng as _, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use wasmbox::abi;
-use wasmtime::{Caller, Linker, Memory};
+use wasmtime::{Caller, Linker, Memory, Trap};
 use wasmtime_wasi::p1::WasiP1Ctx;
 
 /// The wall clock a new box starts at: 2020-01-01T00:00:00Z, in milliseconds since the epoch.
@@ -54,6 +56,14 @@ impl Default for Clock {
 }
 
 impl Clock {
+    /// A new box's clock: the wall clock at `millis` since the epoch, the monotonic clock at 0.
+    pub fn starting_at(millis: u64) -> Clock {
+        Clock {
+            wall_nanos: millis.saturating_mul(1_000_000),
+            monotonic_nanos: 0,
+        }
+    }
+
     /// Sets the wall clock to `millis` since the epoch. The monotonic clock moves forward by
     /// the same amount when that is forward, and stays where it is otherwise.
     pub fn set_millis(&mut self, millis: u64) {
@@ -101,8 +111,10 @@ pub(crate) struct BoxState {
     pub max_output: u64,
     /// Set by the guest's panic hook before it traps.
     pub panic_message: Option<String>,
+    /// Why the guest could not decode the current input, as it said.
+    pub reject_reason: Option<String>,
     /// Set when a host function refuses what the guest asked and traps it.
-    pub abi_violation: Option<crate::Error>,
+    pub abi_violation: Option<Error>,
 }
 
 impl BoxState {
@@ -119,8 +131,46 @@ impl BoxState {
             outbox: Vec::new(),
             max_output: limits.max_message_bytes,
             panic_message: None,
+            reject_reason: None,
             abi_violation: None,
         }
+    }
+    /// Turns a failed guest call into the most specific error, from what the call left here.
+    pub fn classify(&mut self, e: wasmtime::Error) -> Error {
+        if let Some(error) = self.abi_violation.take() {
+            return error;
+        }
+        if self.limiter.hit {
+            return Error::LimitExceeded {
+                limit: LimitKind::Memory,
+            };
+        }
+        if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            return Error::GuestExited(exit.0);
+        }
+        let trap = e.downcast_ref::<Trap>().copied();
+        match trap {
+            Some(Trap::OutOfFuel) => {
+                return Error::LimitExceeded {
+                    limit: LimitKind::Fuel,
+                };
+            }
+            Some(Trap::Interrupt) => {
+                return Error::LimitExceeded {
+                    limit: LimitKind::Deadline,
+                };
+            }
+            _ => {}
+        }
+        if let Some(message) = self.panic_message.take() {
+            return Error::GuestPanicked { message };
+        }
+        let message = match trap {
+            Some(Trap::StackOverflow) => "stack overflow".to_string(),
+            Some(t) => format!("{t}"),
+            None => format!("{e:#}"),
+        };
+        Error::GuestTrapped { trap, message }
     }
 }
 
@@ -222,7 +272,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<BoxState>) -> wasmtime::Result<(
             if u64::from(len) > max {
                 return Err(violation(
                     &mut caller,
-                    crate::Error::MessageTooLarge {
+                    Error::MessageTooLarge {
                         len: len.into(),
                         max,
                     },
@@ -231,7 +281,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<BoxState>) -> wasmtime::Result<(
             let bytes = match read_guest(&mut caller, ptr, len) {
                 Some(bytes) => bytes.to_vec(),
                 None => {
-                    let e = crate::Error::GuestAbi(format!(
+                    let e = Error::GuestAbi(format!(
                         "send({ptr:#x}, {len}) points outside the guest's memory"
                     ));
                     return Err(violation(&mut caller, e));
@@ -245,20 +295,23 @@ pub(crate) fn add_to_linker(linker: &mut Linker<BoxState>) -> wasmtime::Result<(
         abi::IMPORT_MODULE,
         abi::IMPORT_PANIC,
         |mut caller: Caller<'_, BoxState>, ptr: u32, len: u32| {
-            // Keep at most 64 KiB of panic text.
-            let text = read_guest(&mut caller, ptr, len.min(64 << 10))
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_else(|| {
-                    format!("(the panic text at {ptr:#x}+{len} is outside the guest's memory)")
-                });
+            let text = read_text(&mut caller, ptr, len, "panic text");
             caller.data_mut().panic_message = Some(text);
+        },
+    )?;
+    linker.func_wrap(
+        abi::IMPORT_MODULE,
+        abi::IMPORT_REJECT,
+        |mut caller: Caller<'_, BoxState>, ptr: u32, len: u32| {
+            let text = read_text(&mut caller, ptr, len, "reason");
+            caller.data_mut().reject_reason = Some(text);
         },
     )?;
     Ok(())
 }
 
 /// Records why the host refused a guest call; the returned error traps the guest.
-fn violation(caller: &mut Caller<'_, BoxState>, error: crate::Error) -> wasmtime::Error {
+fn violation(caller: &mut Caller<'_, BoxState>, error: Error) -> wasmtime::Error {
     let text = error.to_string();
     caller.data_mut().abi_violation = Some(error);
     wasmtime::Error::msg(text)
@@ -266,6 +319,14 @@ fn violation(caller: &mut Caller<'_, BoxState>, error: crate::Error) -> wasmtime
 
 fn errno(ok: bool) -> i32 {
     if ok { ERRNO_SUCCESS } else { ERRNO_FAULT }
+}
+
+/// At most 64 KiB of the UTF-8 text (`what`) a guest hands over at `ptr..ptr+len`, lossily
+/// decoded; a note in its place if it lies outside the guest's memory.
+fn read_text(caller: &mut Caller<'_, BoxState>, ptr: u32, len: u32, what: &str) -> String {
+    read_guest(caller, ptr, len.min(64 << 10))
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_else(|| format!("(the {what} at {ptr:#x}+{len} is outside the guest's memory)"))
 }
 
 /// The guest bytes at `ptr..ptr+len`, or `None` if they are not all inside its memory.

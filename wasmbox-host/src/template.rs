@@ -12,9 +12,9 @@
 //! same with nothing), each passive segment is kept as it was (the load-time pass refuses
 //! `data.drop`, so it is still available in every instance), and the chunks are appended.
 
+use crate::check;
 use crate::error::Error;
 use crate::module::WasmBoxModule;
-use crate::restore;
 use crate::sandbox::{BoxState, Clock};
 use crate::snapshot::{Snapshot, Value};
 use rand_chacha::ChaCha20Rng;
@@ -68,7 +68,7 @@ impl WasmBoxModule {
     /// [`Error::InvalidModule`] for a module loaded precompiled (its original bytes are gone).
     pub fn prepare_template(&self, snapshot: &Snapshot) -> Result<Template, Error> {
         let view = snapshot.view();
-        restore::check(self, None, &view)?;
+        check::check(self, None, &view)?;
         let wasm = self.inner.instrumented.as_deref().ok_or_else(|| {
             Error::InvalidModule(
                 "templates need the module's bytes; load it from .wasm, not precompiled".into(),

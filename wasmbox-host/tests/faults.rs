@@ -401,8 +401,9 @@ fn reject_snapshot_larger_than_memory_limit() -> Result<()> {
 const PRELUDE: &str = r#"
   (import "wasmbox" "wasmbox_send" (func $send (param i32 i32)))
   (memory (export "memory") 1)
-  (func (export "wasmbox_abi_version") (result i32) i32.const 1)
-  (func (export "wasmbox_init"))
+  (func (export "wasmbox_abi_version") (result i32) i32.const 2)
+  (func (export "wasmbox_codecs") (result i32) i32.const 1)
+  (func (export "wasmbox_init") (param i32) (result i32) i32.const 0)
 "#;
 
 fn hostile(body: &str) -> Result<WasmBoxHost<u8, u8>> {
@@ -417,7 +418,7 @@ fn hostile(body: &str) -> Result<WasmBoxHost<u8, u8>> {
 fn reject_out_of_bounds_send() -> Result<()> {
     let mut host = hostile(
         r#"(func (export "wasmbox_input_buffer") (param i32) (result i32) i32.const 0)
-           (func (export "wasmbox_message") (param i32) (result i32)
+           (func (export "wasmbox_message") (param i32 i32) (result i32)
              (call $send (i32.const 65530) (i32.const 100)) i32.const 0)"#,
     )?;
     let err = host.message(&1).unwrap_err();
@@ -432,7 +433,7 @@ fn reject_out_of_bounds_send() -> Result<()> {
 fn reject_out_of_bounds_input_buffer() -> Result<()> {
     let mut host = hostile(
         r#"(func (export "wasmbox_input_buffer") (param i32) (result i32) i32.const -8)
-           (func (export "wasmbox_message") (param i32) (result i32) i32.const 0)"#,
+           (func (export "wasmbox_message") (param i32 i32) (result i32) i32.const 0)"#,
     )?;
     let err = host.message(&1).unwrap_err();
     assert!(
@@ -446,13 +447,13 @@ fn reject_out_of_bounds_input_buffer() -> Result<()> {
 fn reject_unknown_status_and_undecodable_output() -> Result<()> {
     let mut host = hostile(
         r#"(func (export "wasmbox_input_buffer") (param i32) (result i32) i32.const 0)
-           (func (export "wasmbox_message") (param i32) (result i32) i32.const 77)"#,
+           (func (export "wasmbox_message") (param i32 i32) (result i32) i32.const 77)"#,
     )?;
     assert!(matches!(host.message(&1), Err(Error::GuestAbi(_))));
     // Two bytes where a u8 is expected.
     let mut host = hostile(
         r#"(func (export "wasmbox_input_buffer") (param i32) (result i32) i32.const 0)
-           (func (export "wasmbox_message") (param i32) (result i32)
+           (func (export "wasmbox_message") (param i32 i32) (result i32)
              (call $send (i32.const 0) (i32.const 2)) i32.const 0)"#,
     )?;
     assert!(matches!(host.message(&1), Err(Error::OutputDecode(_))));
@@ -463,7 +464,7 @@ fn reject_unknown_status_and_undecodable_output() -> Result<()> {
 fn reject_raw_division_by_zero_trap() -> Result<()> {
     let mut host = hostile(
         r#"(func (export "wasmbox_input_buffer") (param i32) (result i32) i32.const 0)
-           (func (export "wasmbox_message") (param i32) (result i32)
+           (func (export "wasmbox_message") (param i32 i32) (result i32)
              (i32.div_u (i32.const 1) (i32.sub (local.get 0) (local.get 0))))"#,
     )?;
     let err = host.message(&1).unwrap_err();

@@ -146,7 +146,7 @@ fn reject_mismatched_message_types() -> Result<()> {
         WasmBoxHost::<Vec<u8>, String>::new(&WasmBoxModule::from_file(guest("counter"))?, cb)?;
     assert!(matches!(
         host.message(&vec![5u8, 0xff, 0xfe, 0xfd, 0xfc, 0xfb]),
-        Err(Error::InputRejected)
+        Err(Error::InputRejected { .. })
     ));
     // The box is not harmed: a valid String (as bytes) still works.
     host.message(&b"up".to_vec())?;
@@ -186,9 +186,10 @@ fn reject_wrong_abi_version() {
     let wasm = wat::parse_str(
         r#"(module (memory (export "memory") 1)
              (func (export "wasmbox_abi_version") (result i32) i32.const 99)
-             (func (export "wasmbox_init"))
+             (func (export "wasmbox_codecs") (result i32) i32.const 1)
+             (func (export "wasmbox_init") (param i32) (result i32) i32.const 0)
              (func (export "wasmbox_input_buffer") (param i32) (result i32) i32.const 0)
-             (func (export "wasmbox_message") (param i32) (result i32) i32.const 0))"#,
+             (func (export "wasmbox_message") (param i32 i32) (result i32) i32.const 0))"#,
     )
     .unwrap();
     let err = WasmBoxHost::<String, String>::from_wasm_bytes(&wasm, |_| {}).unwrap_err();
@@ -197,7 +198,7 @@ fn reject_wrong_abi_version() {
             err,
             Error::AbiVersion {
                 found: 99,
-                expected: 1
+                expected: 2
             }
         ),
         "{err}"
@@ -210,10 +211,11 @@ fn reject_unknown_imports() {
     let guest = |import: &str| {
         wat::parse_str(format!(
             r#"(module {import} (memory (export "memory") 1)
-                 (func (export "wasmbox_abi_version") (result i32) i32.const 1)
-                 (func (export "wasmbox_init"))
+                 (func (export "wasmbox_abi_version") (result i32) i32.const 2)
+  (func (export "wasmbox_codecs") (result i32) i32.const 1)
+                 (func (export "wasmbox_init") (param i32) (result i32) i32.const 0)
                  (func (export "wasmbox_input_buffer") (param i32) (result i32) i32.const 0)
-                 (func (export "wasmbox_message") (param i32) (result i32) i32.const 0))"#
+                 (func (export "wasmbox_message") (param i32 i32) (result i32) i32.const 0))"#
         ))
         .unwrap()
     };

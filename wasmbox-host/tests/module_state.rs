@@ -21,13 +21,14 @@ fn wat_guest(extra: &str, ops: &str) -> Result<WasmBoxModule> {
         r#"(module
   (import "wasmbox" "wasmbox_send" (func $send (param i32 i32)))
   (memory (export "memory") 1)
-  (func (export "wasmbox_abi_version") (result i32) i32.const 1)
-  (func (export "wasmbox_init"))
+  (func (export "wasmbox_abi_version") (result i32) i32.const 2)
+  (func (export "wasmbox_codecs") (result i32) i32.const 1)
+  (func (export "wasmbox_init") (param i32) (result i32) i32.const 0)
   (func (export "wasmbox_input_buffer") (param i32) (result i32) i32.const 16)
   (func $answer (param $byte i32)
     (i32.store8 (i32.const 32) (local.get $byte))
     (call $send (i32.const 32) (i32.const 1)))
-  (func (export "wasmbox_message") (param i32) (result i32)
+  (func (export "wasmbox_message") (param i32 i32) (result i32)
     (local $op i32)
     (local.set $op (i32.load8_u (i32.const 16)))
     {ops}

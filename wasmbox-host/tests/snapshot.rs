@@ -241,6 +241,23 @@ fn accept_sleep_advances_clock_without_blocking() -> Result<()> {
 }
 
 #[test]
+fn accept_start_time_sets_the_wall_clock_and_monotonic_starts_at_zero() -> Result<()> {
+    let module = WasmBoxModule::from_file(guest("clock"))?;
+    let (cb, _out) = collector::<Reading>();
+    let host = WasmBoxHost::<String, Reading>::builder(&module)
+        .start_time(1_700_000_000_123)
+        .build(cb)?;
+    assert_eq!(
+        host.clock(),
+        wasmbox_host::Clock {
+            wall_nanos: 1_700_000_000_123_000_000,
+            monotonic_nanos: 0
+        }
+    );
+    Ok(())
+}
+
+#[test]
 fn accept_set_time_and_monotonic_never_goes_back() -> Result<()> {
     let (cb, out) = collector::<Reading>();
     let mut host =
@@ -400,10 +417,11 @@ const GLOBAL_GUEST: &str = r#"
   (memory 1)
   (global $hidden (mut i32) (i32.const 0))
   (global $other (mut i64) (i64.const 7))
-  (func (export "wasmbox_abi_version") (result i32) i32.const 1)
-  (func (export "wasmbox_init"))
+  (func (export "wasmbox_abi_version") (result i32) i32.const 2)
+  (func (export "wasmbox_codecs") (result i32) i32.const 1)
+  (func (export "wasmbox_init") (param i32) (result i32) i32.const 0)
   (func (export "wasmbox_input_buffer") (param i32) (result i32) i32.const 1024)
-  (func (export "wasmbox_message") (param i32) (result i32)
+  (func (export "wasmbox_message") (param i32 i32) (result i32)
     (global.set $hidden (i32.add (global.get $hidden) (i32.const 1)))
     (global.set $other (i64.mul (global.get $other) (i64.const 3)))
     (i32.store8 (i32.const 0) (global.get $hidden))

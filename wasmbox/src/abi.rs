@@ -3,22 +3,27 @@
 //!
 //! # How bytes move
 //!
-//! All values crossing the boundary are encoded with [`bincode`] (version 1, with the
-//! [`options`] below: little endian, variable-length integers, trailing bytes rejected).
-//! Every pointer and length is a `u32` offset into the guest's linear memory.
+//! Values crossing the boundary are encoded with a [`Codec`] the host chooses per call:
+//! [`Codec::Bincode`] (version 1, with the [`options`] below: little endian, variable-length
+//! integers, trailing bytes rejected), which every guest speaks, or [`Codec::Json`] (UTF-8 JSON
+//! text, one value), which a guest speaks only when built with the `json` feature of the
+//! `wasmbox` crate. Every pointer and length is a `u32` offset into the guest's linear memory.
 //!
 //! * **Host → guest (a message).** The host calls the export [`EXPORT_INPUT_BUFFER`]`(len)`.
 //!   The guest makes sure its own input buffer (a `Vec<u8>` it owns and never frees) can hold
 //!   `len` bytes and returns the buffer's address. The host writes the encoded `Input` there
 //!   (after checking that `ptr..ptr + len` lies inside memory) and calls
-//!   [`EXPORT_MESSAGE`]`(len)`. The guest decodes the bytes from its buffer, then runs its
-//!   handler. The host may cache the buffer address between messages while it has not asked
-//!   for more room; it forgets it whenever the memory is replaced (restore).
-//! * **Guest → host (an output).** The guest encodes an `Output` into memory it owns and calls
-//!   the import [`IMPORT_SEND`]`(ptr, len)`. The host copies the bytes out during the call; the
-//!   guest keeps ownership and may reuse the memory as soon as the call returns. Outputs are
-//!   decoded and handed to the host's callback, in the order they were sent, when the guest
-//!   call that produced them returns.
+//!   [`EXPORT_MESSAGE`]`(len, codec)`. The guest decodes the bytes from its buffer with that
+//!   codec, then runs its handler. If they do not decode, it hands the reason to the host with
+//!   the import [`IMPORT_REJECT`]`(ptr, len)` (UTF-8 text, e.g. serde's message with the
+//!   column) and returns [`Status::InputDecode`]. The host may cache the buffer address between
+//!   messages while it has not asked for more room; it forgets it whenever the memory is
+//!   replaced (restore).
+//! * **Guest → host (an output).** The guest encodes an `Output` — with the codec of the call
+//!   it is running in — into memory it owns and calls the import [`IMPORT_SEND`]`(ptr, len)`.
+//!   The host copies the bytes out during the call; the guest keeps ownership and may reuse the
+//!   memory as soon as the call returns. Outputs are decoded and handed to the host's callback,
+//!   in the order they were sent, when the guest call that produced them returns.
 //! * **Guest panic.** The guest's panic hook formats the panic message and location and calls
 //!   the import [`IMPORT_PANIC`]`(ptr, len)` with UTF-8 bytes, then aborts (a trap). The host
 //!   copies the text and reports it with the trap.
@@ -29,14 +34,20 @@
 //! # Life cycle
 //!
 //! 1. The host instantiates the module and checks [`EXPORT_ABI_VERSION`]`() == `[`ABI_VERSION`].
-//! 2. It calls [`EXPORT_INIT`]`()` once: the guest installs its panic hook and builds its state
-//!    (the sync `init`, or the async `run` polled up to its first pending `next().await`).
-//! 3. Each message is one [`EXPORT_MESSAGE`] call, which returns a [`Status`] code.
+//!    It learns which codecs the guest speaks from [`EXPORT_CODECS`]`()`, a bit set of
+//!    `1 << codec`; a host that wants JSON from a guest without it refuses the guest there,
+//!    before running any of its code.
+//! 2. It calls [`EXPORT_INIT`]`(codec)` once: the guest installs its panic hook and builds its
+//!    state (the sync `init`, or the async `run` polled until it waits for a message); outputs
+//!    sent meanwhile use `codec`. It returns a [`Status`].
+//! 3. Each message is one [`EXPORT_MESSAGE`]`(len, codec)` call, which returns a [`Status`].
 //!
-//! A restored box skips step 2: its memory already holds the initialised state.
+//! A restored box skips step 2: its memory already holds the initialised state. The codec is
+//! not part of a box's state: any call may use any codec the guest speaks.
 
-/// Version of this ABI. The host refuses guests built against another version.
-pub const ABI_VERSION: u32 = 1;
+/// Version of this ABI. The host refuses guests built against another version. Version 2 added
+/// codecs ([`EXPORT_CODECS`], the `codec` parameters) and [`IMPORT_REJECT`].
+pub const ABI_VERSION: u32 = 2;
 
 /// Name of the import module holding the host functions a guest calls.
 pub const IMPORT_MODULE: &str = "wasmbox";
@@ -44,15 +55,21 @@ pub const IMPORT_MODULE: &str = "wasmbox";
 pub const IMPORT_SEND: &str = "wasmbox_send";
 /// Import `panic(ptr: u32, len: u32)`: hand the UTF-8 text of a guest panic to the host.
 pub const IMPORT_PANIC: &str = "wasmbox_panic";
+/// Import `reject(ptr: u32, len: u32)`: hand the host the UTF-8 reason why the current input
+/// does not decode, before returning [`Status::InputDecode`].
+pub const IMPORT_REJECT: &str = "wasmbox_reject";
 
 /// Export `abi_version() -> u32`: returns [`ABI_VERSION`].
 pub const EXPORT_ABI_VERSION: &str = "wasmbox_abi_version";
-/// Export `init()`: set up the guest. Called once on a new box, never on a restored one.
+/// Export `codecs() -> u32`: the codecs the guest speaks, a bit set of `1 << codec`.
+pub const EXPORT_CODECS: &str = "wasmbox_codecs";
+/// Export `init(codec: u32) -> u32`: set up the guest, sending any outputs with `codec`;
+/// returns a [`Status`]. Called once on a new box, never on a restored one.
 pub const EXPORT_INIT: &str = "wasmbox_init";
 /// Export `input_buffer(len: u32) -> u32`: address of a guest buffer of at least `len` bytes.
 pub const EXPORT_INPUT_BUFFER: &str = "wasmbox_input_buffer";
-/// Export `message(len: u32) -> u32`: handle the `len` encoded bytes at the start of the input
-/// buffer; returns a [`Status`] code.
+/// Export `message(len: u32, codec: u32) -> u32`: handle the `len` bytes at the start of the
+/// input buffer, encoded with `codec`; returns a [`Status`] code.
 pub const EXPORT_MESSAGE: &str = "wasmbox_message";
 /// Name of the guest's linear memory export.
 pub const EXPORT_MEMORY: &str = "memory";
@@ -69,6 +86,34 @@ pub enum Status {
     Finished = 2,
     /// `message` was called before `init`.
     NotInitialised = 3,
+    /// The call asked for a codec the guest does not speak.
+    CodecUnsupported = 4,
+}
+
+/// How the values of one call are encoded, in both directions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Codec {
+    /// bincode 1 with [`options`]: compact, every guest speaks it. The default.
+    #[default]
+    Bincode = 0,
+    /// UTF-8 JSON text (`serde_json`), for gateways, scripts and other languages; spoken by
+    /// guests built with the `json` feature of the `wasmbox` crate.
+    Json = 1,
+}
+
+impl Codec {
+    /// The codec for a code, or `None` for an unknown code.
+    pub fn from_code(code: u32) -> Option<Codec> {
+        [Codec::Bincode, Codec::Json]
+            .into_iter()
+            .find(|c| *c as u32 == code)
+    }
+
+    /// This codec's bit in [`EXPORT_CODECS`]'s set.
+    pub fn bit(self) -> u32 {
+        1 << self as u32
+    }
 }
 
 impl Status {
@@ -79,6 +124,7 @@ impl Status {
             Status::InputDecode,
             Status::Finished,
             Status::NotInitialised,
+            Status::CodecUnsupported,
         ]
         .into_iter()
         .find(|s| *s as u32 == code)
@@ -137,17 +183,21 @@ macro_rules! __export_guest {
             extern "C" fn __wasmbox_abi_version() -> u32 {
                 $crate::abi::ABI_VERSION
             }
+            #[unsafe(export_name = "wasmbox_codecs")]
+            extern "C" fn __wasmbox_codecs() -> u32 {
+                $crate::__private::codecs()
+            }
             #[unsafe(export_name = "wasmbox_init")]
-            extern "C" fn __wasmbox_init() {
-                $crate::__private::init($init)
+            extern "C" fn __wasmbox_init(codec: u32) -> u32 {
+                $crate::__private::init(codec, $init)
             }
             #[unsafe(export_name = "wasmbox_input_buffer")]
             extern "C" fn __wasmbox_input_buffer(len: u32) -> u32 {
                 $crate::__private::input_buffer(len)
             }
             #[unsafe(export_name = "wasmbox_message")]
-            extern "C" fn __wasmbox_message(len: u32) -> u32 {
-                $crate::__private::message(len)
+            extern "C" fn __wasmbox_message(len: u32, codec: u32) -> u32 {
+                $crate::__private::message(len, codec)
             }
         };
         // Elsewhere (rust-analyzer, `cargo check` on the host) the guest still type-checks.
@@ -167,6 +217,7 @@ mod tests {
             Status::InputDecode,
             Status::Finished,
             Status::NotInitialised,
+            Status::CodecUnsupported,
         ] {
             assert_eq!(Status::from_code(s as u32), Some(s));
         }
@@ -199,11 +250,26 @@ mod tests {
         let src = include_str!("abi.rs");
         for name in [
             EXPORT_ABI_VERSION,
+            EXPORT_CODECS,
             EXPORT_INIT,
             EXPORT_INPUT_BUFFER,
             EXPORT_MESSAGE,
         ] {
             assert!(src.contains(&format!("export_name = \"{name}\"")), "{name}");
         }
+    }
+}
+
+#[cfg(test)]
+mod codec_tests {
+    use super::*;
+
+    #[test]
+    fn codec_codes_round_trip() {
+        for c in [Codec::Bincode, Codec::Json] {
+            assert_eq!(Codec::from_code(c as u32), Some(c));
+        }
+        assert_eq!(Codec::from_code(2), None);
+        assert_eq!(Codec::Json.bit(), 2);
     }
 }

@@ -21,6 +21,11 @@
 //! or a type implementing [`WasmBox`], marked with `#[wasmbox_sync]`. Both look the same to
 //! the host. Input and output may be any serde types.
 //!
+//! # Features
+//! - `json` (off by default): the guest also takes and sends JSON text
+//!   ([`abi::Codec::Json`]), for hosts that speak JSON such as `wasmbox-cli run --json`.
+//!   Without it, guests do not carry `serde_json`.
+//!
 //! The byte-level contract with the host is described in [`abi`].
 #![deny(missing_docs)]
 

@@ -25,7 +25,7 @@
 //!
 //! None of this changes the bytes exchanged with the host, described in [`crate::abi`].
 
-use crate::abi::{self, Status};
+use crate::abi::Status;
 use __private::Guest;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -112,7 +112,7 @@ pub trait WasmBox {
     fn message(&mut self, input: Self::Input);
 }
 
-/// Encodes and sends one output.
+/// Encodes (with the codec of the current call) and sends one output.
 fn send<Out: Serialize>(output: &Out) {
     thread_local! {
         static OUT_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -125,23 +125,114 @@ fn send<Out: Serialize>(output: &Out) {
             Ok(buf) => buf,
             Err(_) => &mut fresh,
         };
-        match abi::encode_into(output, buf) {
+        match codec::encode_into(output, buf) {
             Ok(()) => crate::sys::send(buf),
             Err(e) => panic!("wasmbox: could not encode an output: {e}"),
         }
     })
 }
 
+/// Decodes one input with the codec of the current call; if it does not decode, hands the
+/// reason to the host (which reports it with the refusal) and returns `None`.
+fn decode_input<In: DeserializeOwned>(bytes: &[u8]) -> Option<In> {
+    match codec::decode(bytes) {
+        Ok(input) => Some(input),
+        Err(reason) => {
+            crate::sys::reject(&reason);
+            None
+        }
+    }
+}
+
+/// The codec of the guest call being run (see [`abi::Codec`]): set by the `init` and `message`
+/// exports for the duration of the call and put back afterwards, so it leaves no trace in the
+/// box's state.
+mod codec {
+    use crate::abi::{self, Codec};
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+    use std::cell::Cell;
+
+    thread_local! {
+        static CURRENT: Cell<Codec> = const { Cell::new(Codec::Bincode) };
+    }
+
+    /// The codecs this build of the guest speaks.
+    pub fn supported() -> u32 {
+        let json = if cfg!(feature = "json") {
+            Codec::Json.bit()
+        } else {
+            0
+        };
+        Codec::Bincode.bit() | json
+    }
+
+    /// The codec for `code`, if this guest speaks it.
+    pub fn accept(code: u32) -> Option<Codec> {
+        Codec::from_code(code).filter(|c| supported() & c.bit() != 0)
+    }
+
+    /// Runs `f` with `codec` as the current codec.
+    pub fn with<R>(codec: Codec, f: impl FnOnce() -> R) -> R {
+        let previous = CURRENT.replace(codec);
+        let result = f();
+        CURRENT.set(previous);
+        result
+    }
+
+    pub fn encode_into<T: Serialize>(value: &T, buf: &mut Vec<u8>) -> Result<(), String> {
+        match CURRENT.get() {
+            Codec::Bincode => abi::encode_into(value, buf).map_err(|e| e.to_string()),
+            Codec::Json => json::encode_into(value, buf),
+        }
+    }
+
+    pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+        match CURRENT.get() {
+            Codec::Bincode => abi::decode(bytes).map_err(|e| e.to_string()),
+            Codec::Json => json::decode(bytes),
+        }
+    }
+
+    #[cfg(feature = "json")]
+    mod json {
+        pub fn encode_into<T: serde::Serialize>(
+            value: &T,
+            buf: &mut Vec<u8>,
+        ) -> Result<(), String> {
+            buf.clear();
+            serde_json::to_writer(buf, value).map_err(|e| e.to_string())
+        }
+
+        pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+            serde_json::from_slice(bytes).map_err(|e| e.to_string())
+        }
+    }
+
+    /// Without the `json` feature the exports refuse [`Codec::Json`] before any value is
+    /// encoded or decoded, so these are never reached.
+    #[cfg(not(feature = "json"))]
+    mod json {
+        pub fn encode_into<T>(_value: &T, _buf: &mut Vec<u8>) -> Result<(), String> {
+            Err("this guest was built without the `json` feature of `wasmbox`".into())
+        }
+
+        pub fn decode<T>(_bytes: &[u8]) -> Result<T, String> {
+            Err("this guest was built without the `json` feature of `wasmbox`".into())
+        }
+    }
+}
+
 struct SyncGuest<T>(T);
 
 impl<T: WasmBox> Guest for SyncGuest<T> {
     fn on_message(&mut self, bytes: &[u8]) -> Status {
-        match abi::decode::<T::Input>(bytes) {
-            Ok(input) => {
+        match decode_input::<T::Input>(bytes) {
+            Some(input) => {
                 self.0.message(input);
                 Status::Ok
             }
-            Err(_) => Status::InputDecode,
+            None => Status::InputDecode,
         }
     }
 }
@@ -217,7 +308,7 @@ impl<In: DeserializeOwned> Guest for AsyncGuest<In> {
         if self.future.is_none() {
             return Status::Finished;
         }
-        let Ok(input) = abi::decode::<In>(bytes) else {
+        let Some(input) = decode_input::<In>(bytes) else {
             return Status::InputDecode;
         };
         self.mailbox.borrow_mut().push_back(input);
@@ -274,13 +365,22 @@ pub mod __private {
         Box::new(guest)
     }
 
+    /// The `codecs` export.
+    pub fn codecs() -> u32 {
+        codec::supported()
+    }
+
     /// The `init` export.
-    pub fn init(build: impl FnOnce() -> Box<dyn Guest>) {
+    pub fn init(codec: u32, build: impl FnOnce() -> Box<dyn Guest>) -> u32 {
+        let Some(codec) = codec::accept(codec) else {
+            return Status::CodecUnsupported as u32;
+        };
         std::panic::set_hook(Box::new(|info| {
             crate::sys::panic_message(&info.to_string())
         }));
-        let guest = build();
+        let guest = codec::with(codec, build);
         GUEST.with(|g| *g.borrow_mut() = Some(guest));
+        Status::Ok as u32
     }
 
     /// Type-checks a guest's `init` expression on targets where no exports are made.
@@ -299,7 +399,14 @@ pub mod __private {
     }
 
     /// The `message` export.
-    pub fn message(len: u32) -> u32 {
+    pub fn message(len: u32, codec: u32) -> u32 {
+        let Some(codec) = codec::accept(codec) else {
+            return Status::CodecUnsupported as u32;
+        };
+        codec::with(codec, || message_with(len))
+    }
+
+    fn message_with(len: u32) -> u32 {
         // Take the guest out while it runs so that nothing it does can observe a borrow.
         let Some(mut guest) = GUEST.with(|g| g.borrow_mut().take()) else {
             return Status::NotInitialised as u32;

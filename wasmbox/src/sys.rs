@@ -58,6 +58,7 @@ imports! {
     module "wasmbox" == abi::IMPORT_MODULE;
     fn wasmbox_send(ptr: u32, len: u32) = "wasmbox_send" == abi::IMPORT_SEND;
     fn wasmbox_panic(ptr: u32, len: u32) = "wasmbox_panic" == abi::IMPORT_PANIC;
+    fn wasmbox_reject(ptr: u32, len: u32) = "wasmbox_reject" == abi::IMPORT_REJECT;
 }
 
 /// Hands one encoded output to the host, which copies it before returning.
@@ -74,6 +75,17 @@ pub(crate) fn panic_message(text: &str) {
     // SAFETY: as for `send`: the host reads the borrowed bytes during the call only.
     unsafe { wasmbox_panic(text.as_ptr() as u32, text.len() as u32) }
 }
+
+/// Hands the host the reason why the current input does not decode.
+#[cfg(target_family = "wasm")]
+pub(crate) fn reject(reason: &str) {
+    // SAFETY: as for `send`: the host reads the borrowed bytes during the call only.
+    unsafe { wasmbox_reject(reason.as_ptr() as u32, reason.len() as u32) }
+}
+
+/// Outside wasm there is no host to talk to.
+#[cfg(not(target_family = "wasm"))]
+pub(crate) fn reject(_reason: &str) {}
 
 /// Outside wasm there is no host to talk to: guests only run inside a WasmBox host.
 #[cfg(not(target_family = "wasm"))]

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 #[path = "../../../wasmbox-host/tests/common/guests.rs"]
 mod guests;
+#[allow(unused_imports)] // Not every test binary builds guest crates itself.
 pub use guests::guest_target_dir;
 
 /// The workspace root.

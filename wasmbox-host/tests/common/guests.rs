@@ -23,6 +23,9 @@ pub fn workspace() -> PathBuf {
     manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
 }
 
+/// The example guests built with the `json` feature of `wasmbox`; the others are built without.
+pub const JSON_GUESTS: [&str; 2] = ["typed", "random"];
+
 /// Path of the built example guest `name` (e.g. `counter`), building all of them first if
 /// this process has not yet.
 pub fn try_guest(name: &str) -> Result<PathBuf, String> {
@@ -32,22 +35,33 @@ pub fn try_guest(name: &str) -> Result<PathBuf, String> {
         // it with rustup, as the CLI does for a guest crate.
         toolchain::ensure_target(&workspace().join("examples"))?;
         let target_dir = guest_target_dir();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "wasm32-wasip1",
-                "--manifest-path",
-            ])
-            .arg(workspace().join("examples").join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target_dir)
-            .status()
-            .map_err(|e| format!("cannot run cargo to build the example guests: {e}"))?;
-        if !status.success() {
-            return Err(format!("building the example guests failed ({status})"));
+        // Two builds: cargo unifies the features of the packages built together, so the
+        // guests with the `json` feature are built apart, and the others stay without it.
+        let mut others = vec!["--workspace".to_string()];
+        let mut json = Vec::new();
+        for name in JSON_GUESTS {
+            others.extend(["--exclude".to_string(), name.to_string()]);
+            json.extend(["-p".to_string(), name.to_string()]);
+        }
+        for packages in [others, json] {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .args([
+                    "build",
+                    "--release",
+                    "--target",
+                    "wasm32-wasip1",
+                    "--manifest-path",
+                ])
+                .arg(workspace().join("examples").join("Cargo.toml"))
+                .arg("--target-dir")
+                .arg(&target_dir)
+                .args(&packages)
+                .status()
+                .map_err(|e| format!("cannot run cargo to build the example guests: {e}"))?;
+            if !status.success() {
+                return Err(format!("building the example guests failed ({status})"));
+            }
         }
         Ok(target_dir.join("wasm32-wasip1").join("release"))
     });
