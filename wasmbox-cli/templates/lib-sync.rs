@@ -4,7 +4,7 @@ use wasmbox::prelude::*;
 
 #[wasmbox_sync]
 struct Counter {
-    count: u32,
+    count: i32,
     callback: Box<dyn Fn(String) + Send + Sync>,
 }
 

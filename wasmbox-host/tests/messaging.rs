@@ -23,7 +23,7 @@ fn accept_async_counter() -> Result<()> {
 
 #[test]
 fn accept_sync_counter_and_it_looks_the_same() -> Result<()> {
-    let script = ["up", "up", "x", "down", "up", "up"];
+    let script = ["down", "up", "up", "x", "down", "up", "up"];
     let mut seen = Vec::new();
     for name in ["counter", "countersync"] {
         let (cb, out) = collector::<String>();
@@ -35,9 +35,14 @@ fn accept_sync_counter_and_it_looks_the_same() -> Result<()> {
     }
     assert_eq!(
         seen[0],
-        ["value=1", "value=2", "value=1", "value=2", "value=3"]
+        [
+            "value=-1", "value=0", "value=1", "value=0", "value=1", "value=2"
+        ]
     );
-    assert_eq!(seen[0], seen[1]);
+    assert_eq!(
+        seen[0], seen[1],
+        "the sync counter goes below zero as the async one does"
+    );
     Ok(())
 }
 
