@@ -8,9 +8,10 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
-use wasmbox_host::snapshot::{decode_file, decode_file_keyed, read_header};
+use wasmbox_host::snapshot::{decode_file, decode_file_keyed, hex, read_header};
 use wasmbox_host::{
     Limits, PAGE_SIZE, PRECOMPILED_MAGIC, Snapshot, SnapshotError, SnapshotKey, Value,
+    WasmBoxModule,
 };
 
 use crate::module::{self, ModuleKind};
@@ -253,7 +254,8 @@ fn what_else(bytes: &[u8], error: &SnapshotError) -> Option<&'static str> {
     }
 }
 
-/// The fingerprint of the module at `path` (a .wasm file or a crate directory).
+/// The fingerprint of the module at `path` (a .wasm file or a crate directory), from its
+/// bytes: nothing is compiled.
 fn module_fingerprint(path: &Path, build: &crate::BuildArgs) -> Result<[u8; 32]> {
     if let ModuleKind::Precompiled(file) = module::detect(path)? {
         bail!(
@@ -261,7 +263,8 @@ fn module_fingerprint(path: &Path, build: &crate::BuildArgs) -> Result<[u8; 32]>
             file.display()
         );
     }
-    Ok(module::load(path, &build.options(), false)?.fingerprint())
+    let wasm = module::wasm_bytes(path, &build.options())?;
+    Ok(WasmBoxModule::fingerprint_of(&wasm))
 }
 
 /// Reads a snapshot key: 32 raw bytes, or 64 hex digits.
@@ -323,14 +326,6 @@ fn limit_facts(limits: &Limits) -> LimitFacts {
         max_message_bytes: limits.max_message_bytes,
         note: LIMITS_NOTE,
     }
-}
-
-/// Lowercase hex.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 /// The report as text, one fact per line.

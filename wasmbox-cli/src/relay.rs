@@ -13,10 +13,10 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
+use wasmbox_host::{Codec, Error, WasmBoxBuilder, WasmBoxHost, WasmBoxModule};
 
 /// A JSON value kept as its text, so outputs are printed exactly as the guest wrote them.
 type Json = Box<RawValue>;
-use wasmbox_host::{Codec, Error, WasmBoxBuilder, WasmBoxHost, WasmBoxModule};
 
 /// The special lines, as `!!help` and `run --help` show them.
 pub const COMMANDS_HELP: &str = "\

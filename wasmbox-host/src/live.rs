@@ -3,13 +3,14 @@
 
 use crate::PAGE_SIZE;
 use crate::error::{Error, SnapshotError};
-use crate::limits::LimitKind;
+use crate::file::SnapshotKey;
+use crate::limits::{LimitKind, Limits};
 use crate::module::WasmBoxModule;
 use crate::sandbox::{BoxState, Clock};
 use crate::snapshot::{GlobalValue, MemoryView, Value, unsupported_global};
 use rand_chacha::ChaCha20Rng;
 use wasmbox::abi::{self, Codec};
-use wasmtime::{Global, InstancePre, Memory, Store, TypedFunc};
+use wasmtime::{Global, Instance, InstancePre, Memory, Store, TypedFunc};
 
 /// The per-box settings a builder chooses. They stay with the box for its whole life: no
 /// restore changes them.
@@ -17,10 +18,10 @@ use wasmtime::{Global, InstancePre, Memory, Store, TypedFunc};
 pub(crate) struct BoxOptions {
     pub seed: u64,
     pub start_millis: u64,
-    pub limits: crate::limits::Limits,
+    pub limits: Limits,
     pub rollback_on_trap: bool,
     pub stdout_to_stderr: bool,
-    pub snapshot_key: Option<crate::file::SnapshotKey>,
+    pub snapshot_key: Option<SnapshotKey>,
     pub codec: Codec,
 }
 
@@ -41,6 +42,28 @@ pub(crate) struct Live {
     globals: Vec<Global>,
     /// The guest's input buffer `(address, capacity)` as last reported.
     input: Option<(u32, u32)>,
+}
+
+/// Asks a module's first instance for its ABI version, which must be this host's, and the
+/// codecs it speaks.
+fn guest_codecs(instance: &Instance, store: &mut Store<BoxState>) -> Result<u32, Error> {
+    let missing = |e: wasmtime::Error| Error::NotAGuest(format!("{e:#}"));
+    let found = instance
+        .get_typed_func::<(), u32>(&mut *store, abi::EXPORT_ABI_VERSION)
+        .map_err(missing)?
+        .call(&mut *store, ())
+        .map_err(|e| store.data_mut().classify(e))?;
+    if found != abi::ABI_VERSION {
+        return Err(Error::AbiVersion {
+            found,
+            expected: abi::ABI_VERSION,
+        });
+    }
+    instance
+        .get_typed_func::<(), u32>(&mut *store, abi::EXPORT_CODECS)
+        .map_err(missing)?
+        .call(&mut *store, ())
+        .map_err(|e| store.data_mut().classify(e))
 }
 
 impl Live {
@@ -73,23 +96,14 @@ impl Live {
             .ok_or_else(|| Error::NotAGuest("the module's memory export is missing".into()))?;
         store.data_mut().memory = Some(memory);
         let missing = |e: wasmtime::Error| Error::NotAGuest(format!("{e:#}"));
-        let version = instance
-            .get_typed_func::<(), u32>(&mut store, abi::EXPORT_ABI_VERSION)
-            .map_err(missing)?;
-        let found = version
-            .call(&mut store, ())
-            .map_err(|e| store.data_mut().classify(e))?;
-        if found != abi::ABI_VERSION {
-            return Err(Error::AbiVersion {
-                found,
-                expected: abi::ABI_VERSION,
-            });
-        }
-        let codecs = instance
-            .get_typed_func::<(), u32>(&mut store, abi::EXPORT_CODECS)
-            .map_err(missing)?
-            .call(&mut store, ())
-            .map_err(|e| store.data_mut().classify(e))?;
+        let codecs = match inner.guest_codecs.get() {
+            Some(codecs) => *codecs,
+            None => {
+                let codecs = guest_codecs(&instance, &mut store)?;
+                let _ = inner.guest_codecs.set(codecs);
+                codecs
+            }
+        };
         if codecs & options.codec.bit() == 0 {
             return Err(Error::CodecUnsupported {
                 codec: options.codec,

@@ -5,8 +5,8 @@ use crate::instrument::{self, ModuleInfo};
 use crate::limits::EPOCH_TICK;
 use crate::sandbox::{self, BoxState};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use wasmbox::abi;
 use wasmtime::{Config, Engine, ExternType, InstancePre, Linker, Module, ValType};
 
@@ -42,6 +42,9 @@ pub(crate) struct ModuleInner {
     pub linker: Linker<BoxState>,
     /// Stops the epoch ticker thread when the module is dropped.
     ticker_stop: Arc<AtomicBool>,
+    /// The codecs the guest speaks (`EXPORT_CODECS`), learnt from its first instance once its
+    /// ABI version was checked: constants of the module, not asked again for every instance.
+    pub guest_codecs: OnceLock<u32>,
 }
 
 impl Drop for ModuleInner {
@@ -101,7 +104,7 @@ impl WasmBoxModule {
                     .into(),
             ));
         }
-        let fingerprint = *blake3::hash(wasm).as_bytes();
+        let fingerprint = Self::fingerprint_of(wasm);
         let (instrumented, info) = instrument::instrument(wasm)?;
         let engine = engine(options)?;
         let module = Module::new(&engine, &instrumented)
@@ -206,6 +209,7 @@ impl WasmBoxModule {
                 instrumented,
                 linker,
                 ticker_stop,
+                guest_codecs: OnceLock::new(),
             }),
         })
     }
@@ -213,6 +217,12 @@ impl WasmBoxModule {
     /// The BLAKE3 hash of the original module bytes, which snapshots record.
     pub fn fingerprint(&self) -> [u8; 32] {
         self.inner.fingerprint
+    }
+
+    /// The fingerprint a module made from the `.wasm` bytes `wasm` has (their BLAKE3 hash),
+    /// without compiling them: what a snapshot of such a module records.
+    pub fn fingerprint_of(wasm: &[u8]) -> [u8; 32] {
+        *blake3::hash(wasm).as_bytes()
     }
 
     /// [`WasmBoxModule::fingerprint`] in hex.

@@ -307,8 +307,8 @@ fn is_zero(bytes: &[u8]) -> bool {
         && blocks.remainder().iter().all(|&x| x == 0)
 }
 
-/// Hex form of a fingerprint.
-pub(crate) fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex, the form in which fingerprints (and generator seeds) are shown.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
