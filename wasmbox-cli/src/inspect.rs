@@ -67,6 +67,8 @@ struct Report {
     format_version: u32,
     /// BLAKE3 fingerprint of the module the snapshot belongs to, in hex.
     module_fingerprint: String,
+    /// The id of the state (deltas name it as their parent), in hex.
+    id: String,
     /// With `--module`: that module and whether it is the snapshot's.
     module: Option<ModuleMatch>,
     memory: MemoryFacts,
@@ -197,6 +199,7 @@ fn inspect(path: &Path, key: Option<&SnapshotKey>) -> Result<Report> {
         content_bytes: header.content_len,
         format_version: header.version,
         module_fingerprint: hex(&snapshot.module_fingerprint),
+        id: snapshot.id.to_string(),
         module: None,
         memory: MemoryFacts {
             pages: snapshot.memory.pages,
@@ -353,6 +356,7 @@ fn render(report: &Report, key_file: Option<&Path>) -> String {
         };
         lines.push(("", verdict));
     }
+    lines.push(("state", format!("id {}", report.id)));
     let memory = &report.memory;
     lines.push((
         "memory",

@@ -190,7 +190,7 @@ fn accept_inspect_as_text() -> Result<()> {
     let run = inspect(&snap, &[])?.success()?;
     let text = &run.stdout;
     for needle in [
-        "a WasmBox snapshot file, format version 2".to_owned(),
+        "a WasmBox snapshot file, format version 3".to_owned(),
         format!("fingerprint {}", fingerprint("counter")?),
         "17 pages (1114112 bytes)".to_owned(),
         // The stack pointer, Rust's global 0.
@@ -211,7 +211,7 @@ fn accept_inspect_as_json() -> Result<()> {
     let counter = guest("counter")?;
     let json = inspect_json(&snap, &[OsStr::new("--module"), counter.as_os_str()])?;
     let counter_fingerprint = fingerprint("counter")?;
-    assert_eq!(json["format_version"], 2);
+    assert_eq!(json["format_version"], 3);
     assert_eq!(json["module_fingerprint"], counter_fingerprint.as_str());
     assert_eq!(json["module"]["matches"], true);
     assert_eq!(json["module"]["fingerprint"], counter_fingerprint.as_str());

@@ -11,6 +11,7 @@ use crate::restore::{self, Source};
 use crate::sandbox::{Clock, DEFAULT_SEED, DEFAULT_START_MILLIS};
 use crate::snapshot::Snapshot;
 use crate::template::Template;
+use crate::tracking::ChangeTracking;
 use serde::de::DeserializeOwned;
 use std::marker::PhantomData;
 use std::path::Path;
@@ -44,6 +45,7 @@ impl<In, Out: DeserializeOwned> WasmBoxBuilder<In, Out> {
                 stdout_to_stderr: false,
                 snapshot_key: None,
                 codec: Codec::Bincode,
+                change_tracking: ChangeTracking::Auto,
             },
             _types: PhantomData,
         }
@@ -110,6 +112,17 @@ impl<In, Out: DeserializeOwned> WasmBoxBuilder<In, Out> {
         self
     }
 
+    /// How the box finds the memory blocks a message wrote, for
+    /// [`WasmBoxHost::snapshot_delta`] and [`WasmBoxBuilder::rollback_on_trap`]: by default
+    /// ([`ChangeTracking::Auto`]) the kernel's write tracking where it is available (Linux ≥
+    /// 6.7), otherwise per-block hashes. [`ChangeTracking::Hash`] forces hashes;
+    /// [`ChangeTracking::Kernel`] makes the box fail with [`Error::ChangeTracking`] rather than
+    /// fall back. Both give the same snapshots; only their cost differs.
+    pub fn change_tracking(mut self, method: ChangeTracking) -> Self {
+        self.options.change_tracking = method;
+        self
+    }
+
     /// Creates the box: runs the module's start function if it has one, then the guest's
     /// initialisation. Outputs the guest sends while initialising reach `callback` before this
     /// returns.
@@ -126,6 +139,8 @@ impl<In, Out: DeserializeOwned> WasmBoxBuilder<In, Out> {
         let mut host = WasmBoxHost::from_live(self.module, self.options, live, Box::new(callback));
         let status = host.guest_call(Live::run_init)?;
         host.deliver_outputs()?;
+        // The state after init is the first baseline: the parent of the box's first delta.
+        host.live.mark_captured();
         match Status::from_code(status) {
             Some(Status::Ok) => Ok(host),
             Some(Status::CodecUnsupported) => Err(Error::CodecUnsupported {

@@ -1,7 +1,7 @@
 //! Capture: the one routine that reads a box's whole state. Every way of capturing goes
-//! through [`capture`] — a snapshot value, into an existing snapshot, to a file, for a fork,
-//! and before each message with `rollback_on_trap` — and differs only in where the borrowed
-//! view it returns is copied (or streamed) to.
+//! through [`capture`] — a snapshot value, into an existing snapshot, to a file, for a fork —
+//! and differs only in where the borrowed view it returns is copied (or streamed) to. Deltas
+//! (`delta.rs`) read only the blocks the change tracker reports.
 
 use crate::PAGE_SIZE;
 use crate::error::Error;
@@ -27,6 +27,7 @@ pub(crate) fn capture<'a>(
     Ok(SnapshotView {
         format_version: FORMAT_VERSION,
         module_fingerprint: module.inner.fingerprint,
+        id: live.id,
         memory: MemoryView {
             pages: data.len() as u64 / PAGE_SIZE,
             chunks: nonzero_runs(data),

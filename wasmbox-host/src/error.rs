@@ -111,6 +111,10 @@ pub enum Error {
         "the template was prepared from another WasmBoxModule than this box's; prepare it with this box's module"
     )]
     ForeignTemplate,
+    /// The kernel's change tracking was requested
+    /// ([`ChangeTracking::Kernel`](crate::ChangeTracking::Kernel)) and is not available here.
+    #[error("the kernel cannot track this box's memory writes: {0}")]
+    ChangeTracking(String),
     /// A snapshot could not be used; the box is unchanged.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
@@ -185,6 +189,25 @@ pub enum SnapshotError {
     /// after it was written, or written with another key.
     #[error("the snapshot file's MAC does not match: it was altered, or sealed with another key")]
     MacMismatch,
+    /// A delta applied to a snapshot other than its parent.
+    #[error(
+        "the delta continues snapshot {parent}, not this one ({found}): apply a chain in order, starting from the snapshot it was taken after"
+    )]
+    WrongParent {
+        /// The id of the snapshot the delta continues.
+        parent: String,
+        /// The id of the snapshot it was applied to.
+        found: String,
+    },
+    /// A file of the other kind: a delta file where a snapshot file was expected, or the
+    /// reverse.
+    #[error("this is a {found} file, not a {expected} file")]
+    WrongKind {
+        /// What was expected: "snapshot" or "delta".
+        expected: &'static str,
+        /// What the file is.
+        found: &'static str,
+    },
     /// The content decodes, but is not consistent (e.g. memory chunks outside the memory,
     /// globals that do not match the module), or does not decode at all.
     #[error("the snapshot is malformed: {0}")]

@@ -15,12 +15,18 @@
 //!     64     …  content: the Snapshot encoded with bincode 1 (wasmbox::abi::options)
 //! ```
 //!
+//! A **delta file** ([`encode_delta_file`]) has the same layout with the magic bytes
+//! `b"WBDELTA\x1a"`, and a [`SnapshotDelta`] as its content, which names the id of the
+//! snapshot it continues. Each kind of file is refused where the other is expected
+//! ([`SnapshotError::WrongKind`]).
+//!
 //! The CRC detects damage (a torn write, a flipped bit). It does not detect tampering: anyone
 //! can recompute it. The MAC does, for a host that holds the key ([`SnapshotKey`]): such a host
 //! refuses files whose MAC is missing or wrong. Files are written to a temporary file in the
 //! same directory, synced, and renamed over the target, so a crash or a full disk leaves either
 //! the old file or the complete new one.
 
+use crate::delta::SnapshotDelta;
 use crate::error::{Error, SnapshotError};
 use crate::snapshot::{FORMAT_VERSION, Snapshot, SnapshotView, check_version};
 use serde::{Deserialize, Serialize};
@@ -30,6 +36,38 @@ use std::path::Path;
 
 /// The first bytes of every snapshot file.
 pub const MAGIC: [u8; 8] = *b"WASMBOX\x1a";
+/// The first bytes of every delta file.
+pub const DELTA_MAGIC: [u8; 8] = *b"WBDELTA\x1a";
+
+/// The two kinds of file, which share the layout and differ in magic and content.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Snapshot,
+    Delta,
+}
+
+impl Kind {
+    fn magic(self) -> [u8; 8] {
+        match self {
+            Kind::Snapshot => MAGIC,
+            Kind::Delta => DELTA_MAGIC,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Snapshot => "snapshot",
+            Kind::Delta => "delta",
+        }
+    }
+
+    fn other(self) -> Kind {
+        match self {
+            Kind::Snapshot => Kind::Delta,
+            Kind::Delta => Kind::Snapshot,
+        }
+    }
+}
 const HEADER_LEN: usize = 64;
 /// The part of the header the MAC covers (everything before the MAC itself).
 const SEALED_HEADER: usize = 32;
@@ -116,6 +154,24 @@ pub(crate) fn write_file<T: Serialize>(
     value: &T,
     key: Option<&SnapshotKey>,
 ) -> Result<(), Error> {
+    write_kind(Kind::Snapshot, path, value, key)
+}
+
+/// Writes a delta file at `path`, atomically.
+pub(crate) fn write_delta_file(
+    path: &Path,
+    delta: &SnapshotDelta,
+    key: Option<&SnapshotKey>,
+) -> Result<(), Error> {
+    write_kind(Kind::Delta, path, delta, key)
+}
+
+fn write_kind<T: Serialize>(
+    kind: Kind,
+    path: &Path,
+    value: &T,
+    key: Option<&SnapshotKey>,
+) -> Result<(), Error> {
     write_atomically(path, |file| {
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&[0; HEADER_LEN])?;
@@ -125,7 +181,7 @@ pub(crate) fn write_file<T: Serialize>(
                 bincode::ErrorKind::Io(source) => source,
                 other => std::io::Error::other(other.to_string()),
             })?;
-        let header = sealing.header();
+        let header = sealing.header(kind);
         out.seek(SeekFrom::Start(0))?;
         out.write_all(&header)?;
         out.flush()
@@ -139,12 +195,43 @@ pub fn encode_file(snapshot: &Snapshot) -> Vec<u8> {
 
 /// Encodes a snapshot into the file format, in memory, with a MAC when `key` is given.
 pub fn encode_file_keyed(snapshot: &Snapshot, key: Option<&SnapshotKey>) -> Vec<u8> {
+    encode_kind(Kind::Snapshot, snapshot, key)
+}
+
+/// Encodes a delta into the delta file format, in memory, with a MAC when `key` is given.
+pub fn encode_delta_file(delta: &SnapshotDelta, key: Option<&SnapshotKey>) -> Vec<u8> {
+    encode_kind(Kind::Delta, delta, key)
+}
+
+/// Decodes the bytes of a delta file, checking magic, version, length, checksum and, with a
+/// key, the MAC, as [`decode_file_keyed`] does for snapshots. A delta of another parent is
+/// refused later, by [`Snapshot::apply`].
+///
+/// # Errors
+/// A [`SnapshotError`] naming what is wrong ([`SnapshotError::WrongKind`] for a snapshot
+/// file); never allocates more than `bytes.len()`.
+pub fn decode_delta_file_keyed(
+    bytes: &[u8],
+    key: Option<&SnapshotKey>,
+) -> Result<SnapshotDelta, SnapshotError> {
+    decode_content(checked_content(Kind::Delta, bytes, key)?)
+}
+
+/// [`decode_delta_file_keyed`] without a key (a MAC, if present, is not checked).
+///
+/// # Errors
+/// As [`decode_delta_file_keyed`].
+pub fn decode_delta_file(bytes: &[u8]) -> Result<SnapshotDelta, SnapshotError> {
+    decode_delta_file_keyed(bytes, None)
+}
+
+fn encode_kind<T: Serialize>(kind: Kind, value: &T, key: Option<&SnapshotKey>) -> Vec<u8> {
     let mut content = vec![0; HEADER_LEN];
-    bincode::Options::serialize_into(wasmbox::abi::options(u64::MAX), &mut content, snapshot)
-        .unwrap_or_else(|e| unreachable!("a Snapshot always encodes into a Vec: {e}"));
+    bincode::Options::serialize_into(wasmbox::abi::options(u64::MAX), &mut content, value)
+        .unwrap_or_else(|e| unreachable!("snapshots and deltas always encode into a Vec: {e}"));
     let mut sealing = SealingWriter::new(std::io::sink(), key);
     sealing.absorb(&content[HEADER_LEN..]);
-    content[..HEADER_LEN].copy_from_slice(&sealing.header());
+    content[..HEADER_LEN].copy_from_slice(&sealing.header(kind));
     content
 }
 
@@ -167,7 +254,7 @@ pub fn decode_file_keyed(
     bytes: &[u8],
     key: Option<&SnapshotKey>,
 ) -> Result<Snapshot, SnapshotError> {
-    decode_content(checked_content(bytes, key)?)
+    decode_content(checked_content(Kind::Snapshot, bytes, key)?)
 }
 
 /// Decodes a snapshot file's bytes into a view borrowing its memory chunks from `bytes`.
@@ -175,7 +262,7 @@ pub(crate) fn decode_view<'a>(
     bytes: &'a [u8],
     key: Option<&SnapshotKey>,
 ) -> Result<SnapshotView<'a>, SnapshotError> {
-    decode_content(checked_content(bytes, key)?)
+    decode_content(checked_content(Kind::Snapshot, bytes, key)?)
 }
 
 fn decode_content<'a, T: Deserialize<'a>>(content: &'a [u8]) -> Result<T, SnapshotError> {
@@ -210,10 +297,10 @@ impl<W> SealingWriter<W> {
     }
 
     /// The header for the content absorbed so far.
-    fn header(self) -> [u8; HEADER_LEN] {
+    fn header(self, kind: Kind) -> [u8; HEADER_LEN] {
         let flags = if self.mac.is_some() { FLAG_MAC } else { 0 };
         let mut h = [0u8; HEADER_LEN];
-        h[0..8].copy_from_slice(&MAGIC);
+        h[0..8].copy_from_slice(&kind.magic());
         h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
         h[12..16].copy_from_slice(&flags.to_le_bytes());
         h[16..24].copy_from_slice(&self.len.to_le_bytes());
@@ -268,15 +355,22 @@ pub struct FileHeader {
 /// assert!(matches!(read_header(b"hello"), Err(SnapshotError::NotASnapshot)));
 /// ```
 pub fn read_header(bytes: &[u8]) -> Result<FileHeader, SnapshotError> {
-    split_file(bytes).map(|(header, _)| header)
+    split_file(Kind::Snapshot, bytes).map(|(header, _)| header)
 }
 
 /// Checks magic, version, flags and length, and returns what the header says and the content
 /// after it. The one place the header is parsed.
-fn split_file(bytes: &[u8]) -> Result<(FileHeader, &[u8]), SnapshotError> {
-    if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
+fn split_file(kind: Kind, bytes: &[u8]) -> Result<(FileHeader, &[u8]), SnapshotError> {
+    let magic = kind.magic();
+    if bytes.starts_with(&kind.other().magic()) {
+        return Err(SnapshotError::WrongKind {
+            expected: kind.name(),
+            found: kind.other().name(),
+        });
+    }
+    if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != magic {
         // A prefix of the magic is a truncated snapshot, anything else is not one.
-        if !bytes.is_empty() && MAGIC.starts_with(&bytes[..bytes.len().min(MAGIC.len())]) {
+        if !bytes.is_empty() && magic.starts_with(&bytes[..bytes.len().min(MAGIC.len())]) {
             return Err(SnapshotError::Truncated {
                 found: bytes.len() as u64,
                 expected: HEADER_LEN as u64,
@@ -335,10 +429,11 @@ fn split_file(bytes: &[u8]) -> Result<(FileHeader, &[u8]), SnapshotError> {
 /// Checks the header ([`split_file`]), the checksum and (with a key) the MAC, and returns the
 /// content after the header.
 fn checked_content<'a>(
+    kind: Kind,
     bytes: &'a [u8],
     key: Option<&SnapshotKey>,
 ) -> Result<&'a [u8], SnapshotError> {
-    let (facts, content) = split_file(bytes)?;
+    let (facts, content) = split_file(kind, bytes)?;
     let found_crc = crc32fast::hash(content);
     if found_crc != facts.checksum {
         return Err(SnapshotError::Checksum {

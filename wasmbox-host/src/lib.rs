@@ -29,8 +29,12 @@
 //!    typed messages (`relay.rs`).
 //! 3. **capture** (`capture.rs`): one routine reads the whole state into a view that borrows
 //!    the live memory; [`WasmBoxHost::snapshot_state`], [`WasmBoxHost::snapshot_into`],
-//!    [`WasmBoxHost::snapshot_to_file`], [`WasmBoxHost::fork`] and the rollback kept before
-//!    each message all copy or stream that view.
+//!    [`WasmBoxHost::snapshot_to_file`] and [`WasmBoxHost::fork`] copy or stream that view.
+//!    **Deltas** (`delta.rs`): [`WasmBoxHost::snapshot_delta`] reads only the 4 KiB blocks the
+//!    change tracker (`tracking.rs`; the kernel's write tracking in `uffd.rs`, or hashes)
+//!    reports written since the last capture; [`Snapshot::apply`] rolls a snapshot forward by
+//!    one. `rollback_on_trap` (`rollback.rs`) uses the same tracker to undo a failed message
+//!    in place.
 //! 4. **encode** (`file.rs`, [`snapshot`]): a [`Snapshot`] is plain serde data; the file
 //!    format adds a header, a CRC-32 and, with a [`SnapshotKey`], a keyed MAC.
 //! 5. **decode**: a file is read in one bulk read and decoded into a view that borrows its
@@ -40,11 +44,29 @@
 //! 7. **restore** (`restore.rs`): one routine builds a fresh instance holding exactly the
 //!    state — from a snapshot (value, file, builder, fork, rollback) or a [`Template`] — under
 //!    the host's limits, and the box swaps it in only once everything succeeded.
+//!
+//! ## Incremental snapshots
+//!
+//! ```no_run
+//! use wasmbox_host::{WasmBoxHost, snapshot};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut mybox = WasmBoxHost::from_wasm_file("counter.wasm", |out: String| println!("{out}"))?;
+//! let mut base = mybox.snapshot_state()?;      // a full snapshot: the chain's base
+//! mybox.message("up")?;
+//! let d1 = mybox.snapshot_delta()?;            // only the blocks the message wrote
+//! mybox.message("up")?;
+//! mybox.snapshot_delta_to_file("counter.d2")?; // the same, as a file naming its parent
+//! base.apply(&d1)?;
+//! base.apply(&snapshot::decode_delta_file(&std::fs::read("counter.d2")?)?)?;
+//! assert!(base == mybox.snapshot_state()?);    // byte for byte what a full snapshot gives
+//! # Ok(()) }
+//! ```
 #![deny(missing_docs)]
 
 mod builder;
 mod capture;
 mod check;
+mod delta;
 mod error;
 mod file;
 mod instrument;
@@ -53,18 +75,24 @@ mod live;
 mod module;
 mod relay;
 mod restore;
+mod rollback;
 mod sandbox;
 pub mod snapshot;
 mod template;
+mod tracking;
+#[cfg(target_os = "linux")]
+mod uffd;
 
 pub use builder::WasmBoxBuilder;
+pub use delta::{SnapshotDelta, ZeroRange};
 pub use error::{Error, SnapshotError};
 pub use file::SnapshotKey;
 pub use limits::{LimitKind, Limits};
 pub use module::{ModuleOptions, PRECOMPILED_MAGIC, WasmBoxModule};
 pub use sandbox::{Clock, DEFAULT_SEED, DEFAULT_START_MILLIS};
-pub use snapshot::{GlobalValue, MemoryChunk, MemoryImage, Snapshot, Value};
+pub use snapshot::{GlobalValue, MemoryChunk, MemoryImage, Snapshot, SnapshotId, Value};
 pub use template::Template;
+pub use tracking::ChangeTracking;
 pub use wasmbox::abi::Codec;
 
 use live::{BoxOptions, Live};
@@ -89,8 +117,8 @@ pub struct WasmBoxHost<In = String, Out = String> {
     live: Live,
     callback: Box<dyn FnMut(Out) + Send>,
     options: BoxOptions,
-    /// With `rollback_on_trap`, the state before the message being handled.
-    last_good: Option<Snapshot>,
+    /// With `rollback_on_trap`, what undoes the message being handled.
+    undo: rollback::Undo,
     /// Why the box is unusable, if it is.
     poisoned: Option<String>,
     /// Reused buffer for encoding inputs.
@@ -139,7 +167,7 @@ where
             live,
             callback,
             options,
-            last_good: None,
+            undo: rollback::Undo::default(),
             poisoned: None,
             scratch: Vec::new(),
             _input: PhantomData,
@@ -174,6 +202,45 @@ where
     pub fn snapshot_state(&mut self) -> Result<Snapshot, Error> {
         self.check_usable()?;
         Ok(self.capture()?.to_snapshot())
+    }
+
+    /// What changed since the box's last snapshot — full ([`WasmBoxHost::snapshot_state`],
+    /// [`WasmBoxHost::snapshot_into`], [`WasmBoxHost::snapshot_to_file`]), delta, or the
+    /// snapshot or template it was restored from — which it then becomes: the 4 KiB blocks
+    /// that may have been written (never missing one that changed), the memory's size and the
+    /// complete small state. Its cost follows the blocks written, not the memory's size, with
+    /// the kernel's change tracking ([`WasmBoxHost::change_tracking`]). Apply it to that
+    /// snapshot with [`Snapshot::apply`].
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`] if the box is poisoned; [`Error::ChangeTracking`] if the kernel's
+    /// tracking was required and fails.
+    pub fn snapshot_delta(&mut self) -> Result<SnapshotDelta, Error> {
+        self.check_usable()?;
+        delta::capture_delta(&mut self.live, &self.module, &self.options.limits)
+    }
+
+    /// Writes [`WasmBoxHost::snapshot_delta`] to a delta file at `path`, atomically (see
+    /// [`snapshot::encode_delta_file`] for the format); with a
+    /// [`WasmBoxBuilder::snapshot_key`], it carries a keyed MAC.
+    ///
+    /// # Errors
+    /// As [`WasmBoxHost::snapshot_delta`], and [`Error::Io`].
+    pub fn snapshot_delta_to_file(&mut self, path: impl AsRef<Path>) -> Result<(), Error> {
+        let delta = self.snapshot_delta()?;
+        let key = self.options.snapshot_key.as_ref();
+        file::write_delta_file(path.as_ref(), &delta, key)
+    }
+
+    /// The method this box uses to find what a message wrote: [`ChangeTracking::Kernel`] or
+    /// [`ChangeTracking::Hash`] (see [`WasmBoxBuilder::change_tracking`]).
+    pub fn change_tracking(&self) -> ChangeTracking {
+        self.live.tracker.method()
+    }
+
+    /// The id of the box's current state: what a snapshot taken now would carry.
+    pub fn state_id(&self) -> SnapshotId {
+        self.live.id
     }
 
     /// Like [`WasmBoxHost::snapshot_state`], but into an existing snapshot, reusing its memory
@@ -260,11 +327,16 @@ where
     /// moves forward by the same amount, and never backwards.
     pub fn set_time(&mut self, millis: u64) {
         self.live.store.data_mut().clock.set_millis(millis);
+        self.live.id = self.live.id.next(b"set_time", &millis.to_le_bytes());
     }
 
     /// Moves the box's wall and monotonic clocks forward by `by`, to the nanosecond.
     pub fn advance_time(&mut self, by: Duration) {
         self.live.store.data_mut().clock.advance(by);
+        self.live.id = self
+            .live
+            .id
+            .next(b"advance_time", &by.as_nanos().to_le_bytes());
     }
 
     /// The box's wall clock in milliseconds since the Unix epoch.
@@ -306,25 +378,19 @@ where
         }
     }
 
-    /// The box's state, borrowing its memory (see `capture.rs`).
+    /// The box's state, borrowing its memory (see `capture.rs`), for the caller to keep: it
+    /// becomes the parent of the next delta.
     fn capture(&mut self) -> Result<snapshot::SnapshotView<'_>, Error> {
+        self.live.collect_changes()?;
+        self.live.mark_captured();
         capture::capture(&mut self.live, &self.module, &self.options.limits)
-    }
-
-    /// With `rollback_on_trap`: keeps the state from before the next message.
-    fn keep_last_good(&mut self) -> Result<(), Error> {
-        let view = capture::capture(&mut self.live, &self.module, &self.options.limits)?;
-        match &mut self.last_good {
-            Some(good) => view.copy_into(good),
-            None => self.last_good = Some(view.to_snapshot()),
-        }
-        Ok(())
     }
 
     /// Restores `source` into a fresh instance and swaps it in; on error the box is unchanged.
     fn replace_live(&mut self, source: Source<'_, '_>) -> Result<(), Error> {
         self.live = restore::restore(&self.module, &self.options, source)?;
         self.poisoned = None;
+        self.undo.invalidate();
         Ok(())
     }
 }

@@ -7,7 +7,8 @@ use crate::file::SnapshotKey;
 use crate::limits::{LimitKind, Limits};
 use crate::module::WasmBoxModule;
 use crate::sandbox::{BoxState, Clock};
-use crate::snapshot::{GlobalValue, MemoryView, Value, unsupported_global};
+use crate::snapshot::{GlobalValue, MemoryView, SnapshotId, Value, unsupported_global};
+use crate::tracking::{Blocks, ChangeTracking, Tracker};
 use rand_chacha::ChaCha20Rng;
 use wasmbox::abi::{self, Codec};
 use wasmtime::{Global, Instance, InstancePre, Memory, Store, TypedFunc};
@@ -23,12 +24,24 @@ pub(crate) struct BoxOptions {
     pub stdout_to_stderr: bool,
     pub snapshot_key: Option<SnapshotKey>,
     pub codec: Codec,
+    pub change_tracking: ChangeTracking,
 }
 
 // An instance and the handles the host uses on it. Invariant: `globals[i]` is the export of
 // `module.inner.info.mutable_globals[i]` of the module this instance was made from, so the two
 // lists zip; `memory` is the module's only memory, also recorded in `store.data().memory`.
+// `tracker` is the first field so that it is dropped — and stops tracking — while the memory
+// is still mapped.
 pub(crate) struct Live {
+    /// Which blocks of memory were written (see `tracking.rs`).
+    pub tracker: Tracker,
+    /// Blocks that may have changed since the last capture or restore, as far as the tracker
+    /// has been asked.
+    pub changed: Blocks,
+    /// The id of the current state.
+    pub id: SnapshotId,
+    /// The id of the last captured or restored state: the parent of the next delta.
+    pub baseline: SnapshotId,
     pub store: Store<BoxState>,
     pub memory: Memory,
     pub init: TypedFunc<u32, u32>,
@@ -124,6 +137,15 @@ impl Live {
             None => None,
         };
         Ok(Live {
+            tracker: Tracker::new(options.change_tracking)?,
+            changed: Blocks::default(),
+            id: SnapshotId::new_box(
+                &inner.fingerprint,
+                options.seed,
+                options.start_millis,
+                options.codec as u32,
+            ),
+            baseline: SnapshotId::default(),
             init: instance
                 .get_typed_func(&mut store, abi::EXPORT_INIT)
                 .map_err(missing)?,
@@ -140,6 +162,28 @@ impl Live {
             input: None,
             codec: options.codec,
         })
+    }
+
+    /// Starts the change tracker if it has not started: called before every guest call, so
+    /// that no write goes unrecorded (see `tracking.rs`).
+    pub fn arm_tracking(&mut self) -> Result<(), Error> {
+        if self.tracker.is_armed() {
+            return Ok(());
+        }
+        self.collect_changes()
+    }
+
+    /// Asks the tracker which blocks were written since it was last asked, into `changed`.
+    pub fn collect_changes(&mut self) -> Result<(), Error> {
+        let data = self.memory.data(&self.store);
+        self.tracker.collect(data, &mut self.changed)
+    }
+
+    /// Makes the current state the baseline of the next delta: called by every capture that
+    /// gives the caller a snapshot of this box, and by every restore.
+    pub fn mark_captured(&mut self) {
+        self.changed.clear();
+        self.baseline = self.id;
     }
 
     /// Gives the box this clock and generator: the one place where they are installed.

@@ -18,10 +18,18 @@ impl<In, Out: DeserializeOwned> WasmBoxHost<In, Out> {
         if len > max || len > u64::from(u32::MAX) {
             return Err(Error::MessageTooLarge { len, max });
         }
+        self.live.arm_tracking()?;
         if self.options.rollback_on_trap {
-            self.keep_last_good()?;
+            self.undo.before(&mut self.live, &self.module)?;
         }
         let scratch = std::mem::take(&mut self.scratch);
+        // The message is part of the state's history whatever it does (a failure that is
+        // rolled back puts the id back too).
+        let kind: &[u8] = match self.options.codec {
+            Codec::Bincode => b"message bincode",
+            Codec::Json => b"message json",
+        };
+        self.live.id = self.live.id.next(kind, &scratch);
         let status = self.guest_call(|live| live.send_input(&scratch));
         self.scratch = scratch;
         match Status::from_code(status?) {
@@ -73,26 +81,54 @@ impl<In, Out: DeserializeOwned> WasmBoxHost<In, Out> {
         state.limiter.hit = false;
         state.max_output = limits.max_message_bytes;
         match f(live) {
-            Ok(r) => Ok(r),
+            Ok(r) => {
+                if self.undo.in_message()
+                    && let Err(e) = self.undo.succeeded(&mut self.live)
+                {
+                    self.poisoned = Some(format!("keeping the rollback copy failed: {e}"));
+                    return Err(e);
+                }
+                Ok(r)
+            }
             Err(e) => {
                 let error = live.store.data_mut().classify(e);
                 live.forget_input_buffer();
                 live.store.data_mut().outbox.clear();
-                match self.last_good.take() {
-                    Some(good) if self.options.rollback_on_trap => {
-                        if let Err(restore_error) =
-                            self.replace_live(Source::Snapshot(&good.view()))
-                        {
-                            self.poisoned =
-                                Some(format!("{error}; rolling back failed: {restore_error}"));
-                        }
-                        self.last_good = Some(good);
+                if self.undo.in_message() {
+                    if let Err(restore_error) = self.roll_back() {
+                        self.poisoned =
+                            Some(format!("{error}; rolling back failed: {restore_error}"));
                     }
-                    _ => self.poisoned = Some(error.to_string()),
+                } else {
+                    self.poisoned = Some(error.to_string());
                 }
                 Err(error)
             }
         }
+    }
+
+    /// Undoes the failed message (see `rollback.rs`): in place, or by restoring the state
+    /// before it into a fresh instance when it grew the memory. Either way the box keeps the
+    /// baseline of its next delta and the record of what changed since.
+    fn roll_back(&mut self) -> Result<(), Error> {
+        let mut undo = std::mem::take(&mut self.undo);
+        let result = match undo.failed(&mut self.live, &self.module, &self.options.limits) {
+            Ok(None) => Ok(()),
+            Ok(Some(view)) => {
+                let changed = std::mem::take(&mut self.live.changed);
+                let baseline = self.live.baseline;
+                let replaced = self.replace_live(Source::Snapshot(&view));
+                self.live.changed = changed;
+                self.live.baseline = baseline;
+                replaced
+            }
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            undo.invalidate();
+        }
+        self.undo = undo;
+        result
     }
 
     /// Decodes the outputs of the last guest call and hands them to the callback in order.

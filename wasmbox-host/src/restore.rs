@@ -1,6 +1,6 @@
 //! Restore: the one routine that builds a box's instance from a saved state. Every way of
 //! restoring goes through [`restore`] — a snapshot value, a file, the builder, a template, a
-//! fork, a rollback — and every caller swaps the instance it returns in only once it
+//! fork, the rollback of a message that grew the memory — and every caller swaps the instance it returns in only once it
 //! succeeded, so an error leaves the box as it was.
 //!
 //! The rule for limits is simple: **the host's limits, always**. The instance is made under the
@@ -35,13 +35,13 @@ pub(crate) fn restore(
     options: &BoxOptions,
     source: Source<'_, '_>,
 ) -> Result<Live, Error> {
-    let (mut live, clock, rng) = match source {
+    let (mut live, clock, rng, id) = match source {
         Source::Snapshot(view) => {
             check(module, Some(&options.limits), view)?;
             let mut live = Live::instantiate(module, &module.inner.pre, options)?;
             live.load_memory(module, &view.memory)?;
             live.write_globals(&view.globals)?;
-            (live, view.clock, view.rng.clone())
+            (live, view.clock, view.rng.clone(), view.id)
         }
         Source::Template(template) => {
             let t = &template.inner;
@@ -50,9 +50,12 @@ pub(crate) fn restore(
             }
             check_pages(module, Some(&options.limits), t.pages)?;
             let live = Live::instantiate(module, &t.pre, options)?;
-            (live, t.clock, t.rng.clone())
+            (live, t.clock, t.rng.clone(), t.id)
         }
     };
     live.install(clock, rng);
+    // The state it came from is the parent of its next delta.
+    live.id = id;
+    live.mark_captured();
     Ok(live)
 }

@@ -16,12 +16,12 @@ use std::fmt;
 use wasmtime::Val;
 
 pub use crate::file::{
-    FileHeader, MAGIC, SnapshotKey, decode_file, decode_file_keyed, encode_file, encode_file_keyed,
-    read_header,
+    DELTA_MAGIC, FileHeader, MAGIC, SnapshotKey, decode_delta_file, decode_delta_file_keyed,
+    decode_file, decode_file_keyed, encode_delta_file, encode_file, encode_file_keyed, read_header,
 };
 
 /// Version of the [`Snapshot`] layout and of the file format. A host refuses other versions.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// A box's whole state as plain data: serialize it with any serde format, store it, and
 /// restore it into any host of the same module, in this process or another.
@@ -32,6 +32,10 @@ pub struct Snapshot {
     /// BLAKE3 hash of the original module bytes (before instrumentation). A snapshot restores
     /// only into a box of the module with this fingerprint.
     pub module_fingerprint: [u8; 32],
+    /// Which state this is: a delta names the id of the snapshot it continues (its parent),
+    /// and [`Snapshot::apply`](crate::Snapshot::apply) refuses a delta of another parent. See
+    /// [`SnapshotId`].
+    pub id: SnapshotId,
     /// The guest's linear memory.
     pub memory: MemoryImage,
     /// Every mutable global the module defines, in index order, including non-exported ones
@@ -51,11 +55,66 @@ impl fmt::Debug for Snapshot {
         f.debug_struct("Snapshot")
             .field("format_version", &self.format_version)
             .field("module_fingerprint", &hex(&self.module_fingerprint))
+            .field("id", &self.id)
             .field("memory", &self.memory)
             .field("globals", &self.globals)
             .field("clock", &self.clock)
             .field("limits", &self.limits)
             .finish_non_exhaustive()
+    }
+}
+
+/// The identity of a box's state, carried by snapshots and deltas.
+///
+/// It names the state's history, not its bytes: a new box's id is derived from its module,
+/// seed, start time and codec, and each event that can change the state (a message, with its
+/// encoded input; a clock change) derives the next id from the previous one and the event, as
+/// a chain of 128-bit xxh3 hashes. A box is deterministic, so equal ids mean equal states:
+/// two boxes that received the same history — in one process or in two, straight through or
+/// restored and replayed — have the same id, and a restored, forked or rolled-back box has the
+/// id of the state it went back to. Computing it costs a hash of each input, never a pass over
+/// memory. It is a check against mistakes (a delta applied to the wrong snapshot), not against
+/// tampering: for that, seal files with a [`SnapshotKey`].
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SnapshotId(pub [u8; 16]);
+
+impl SnapshotId {
+    /// The id of a new box's state, before any message.
+    pub(crate) fn new_box(
+        fingerprint: &[u8; 32],
+        seed: u64,
+        start_millis: u64,
+        codec: u32,
+    ) -> Self {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(b"wasmbox new box");
+        h.update(fingerprint);
+        h.update(&seed.to_le_bytes());
+        h.update(&start_millis.to_le_bytes());
+        h.update(&codec.to_le_bytes());
+        SnapshotId(h.digest128().to_le_bytes())
+    }
+
+    /// The id after an event: `kind` says what happened, `data` its content.
+    pub(crate) fn next(self, kind: &[u8], data: &[u8]) -> Self {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&self.0);
+        h.update(&(kind.len() as u64).to_le_bytes());
+        h.update(kind);
+        h.update(data);
+        SnapshotId(h.digest128().to_le_bytes())
+    }
+}
+
+impl fmt::Display for SnapshotId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex(&self.0))
+    }
+}
+
+impl fmt::Debug for SnapshotId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SnapshotId({self})")
     }
 }
 
@@ -177,6 +236,7 @@ impl Value {
 pub(crate) struct SnapshotView<'a> {
     pub format_version: u32,
     pub module_fingerprint: [u8; 32],
+    pub id: SnapshotId,
     #[serde(borrow)]
     pub memory: MemoryView<'a>,
     pub globals: Vec<GlobalValue>,
@@ -205,6 +265,7 @@ impl Snapshot {
         SnapshotView {
             format_version: self.format_version,
             module_fingerprint: self.module_fingerprint,
+            id: self.id,
             memory: MemoryView {
                 pages: self.memory.pages,
                 chunks: self
@@ -231,6 +292,7 @@ impl SnapshotView<'_> {
         let mut snapshot = Snapshot {
             format_version: self.format_version,
             module_fingerprint: self.module_fingerprint,
+            id: self.id,
             memory: MemoryImage {
                 pages: 0,
                 chunks: Vec::with_capacity(self.memory.chunks.len()),
@@ -267,6 +329,7 @@ impl SnapshotView<'_> {
         target.memory.pages = self.memory.pages;
         target.format_version = self.format_version;
         target.module_fingerprint = self.module_fingerprint;
+        target.id = self.id;
         target.globals.clear();
         target.globals.extend_from_slice(&self.globals);
         target.clock = self.clock;
@@ -276,8 +339,9 @@ impl SnapshotView<'_> {
 }
 
 /// Granularity at which all-zero memory is left out of snapshots: the host's 4 KiB page, finer
-/// than wasm's 64 KiB page, so that a sparse box stores little more than what it uses.
-const ZERO_BLOCK: usize = 4096;
+/// than wasm's 64 KiB page, so that a sparse box stores little more than what it uses. It is
+/// also the granularity of change tracking and deltas.
+const ZERO_BLOCK: usize = crate::tracking::BLOCK;
 
 /// Splits `memory` into runs of 4 KiB blocks that are not all zeros.
 pub(crate) fn nonzero_runs(memory: &[u8]) -> Vec<ChunkView<'_>> {
@@ -300,7 +364,7 @@ pub(crate) fn nonzero_runs(memory: &[u8]) -> Vec<ChunkView<'_>> {
         .collect()
 }
 
-fn is_zero(bytes: &[u8]) -> bool {
+pub(crate) fn is_zero(bytes: &[u8]) -> bool {
     // OR each 64-byte block together (vectorised), stopping at the first non-zero block.
     let mut blocks = bytes.chunks_exact(64);
     blocks.all(|b| b.iter().fold(0u8, |acc, &x| acc | x) == 0)
@@ -370,6 +434,7 @@ pub(crate) mod tests {
         Snapshot {
             format_version: FORMAT_VERSION,
             module_fingerprint: [7; 32],
+            id: SnapshotId([1; 16]),
             memory: MemoryImage {
                 pages: 2,
                 chunks: vec![

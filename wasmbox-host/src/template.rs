@@ -16,7 +16,7 @@ use crate::check;
 use crate::error::Error;
 use crate::module::WasmBoxModule;
 use crate::sandbox::{BoxState, Clock};
-use crate::snapshot::{Snapshot, Value};
+use crate::snapshot::{Snapshot, SnapshotId, Value};
 use rand_chacha::ChaCha20Rng;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -53,6 +53,8 @@ pub(crate) struct TemplateInner {
     pub pages: u64,
     pub clock: Clock,
     pub rng: ChaCha20Rng,
+    /// The id of the snapshot it was prepared from, which its boxes start with.
+    pub id: SnapshotId,
 }
 
 impl WasmBoxModule {
@@ -89,6 +91,7 @@ impl WasmBoxModule {
                 pages: snapshot.memory.pages,
                 clock: snapshot.clock,
                 rng: snapshot.rng.clone(),
+                id: snapshot.id,
             }),
         })
     }

@@ -512,13 +512,13 @@ fn reject_unknown_format_version() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let path = counter_snapshot_file(dir.path())?;
     let mut bytes = std::fs::read(&path)?;
-    bytes[8] = 3;
+    bytes[8] = 4;
     std::fs::write(&path, &bytes)?;
     let err = host.restore_snapshot_from_file(&path).unwrap_err();
     assert!(
         matches!(
             err,
-            Error::Snapshot(SnapshotError::Version { found: 3, .. })
+            Error::Snapshot(SnapshotError::Version { found: 4, .. })
         ),
         "{err}"
     );
