@@ -99,6 +99,17 @@ struct RunArgs {
     #[arg(long, value_name = "FILE")]
     restore: Option<PathBuf>,
 
+    /// Run the durable box kept in DIR (created if missing): every line is journaled before it
+    /// runs and its outputs are printed, so a run after Ctrl-C, `kill -9` or a power cut
+    /// resumes where this one stopped. --seed and --start-time apply when the box is created.
+    #[arg(long, value_name = "DIR", conflicts_with = "restore")]
+    durable: Option<PathBuf>,
+
+    /// With --durable: write a checkpoint every N journaled events (each line, each clock
+    /// step), so that a restart replays at most N.
+    #[arg(long, value_name = "N", default_value_t = 1000, requires = "durable")]
+    checkpoint_every: u64,
+
     #[command(flatten)]
     build: BuildArgs,
 }
@@ -185,6 +196,8 @@ fn run_guest(args: RunArgs) -> Result<()> {
         snapshot_dir: args.snapshot_dir,
         restore: args.restore,
         json: args.json,
+        durable: args.durable,
+        checkpoint_every: args.checkpoint_every,
     };
     let mut lines = input::stdin_lines()?;
     if input::interactive() {

@@ -13,6 +13,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
+use wasmbox_host::durable::{BoxStore, DurableBox};
 use wasmbox_host::{Codec, Error, WasmBoxBuilder, WasmBoxHost, WasmBoxModule};
 
 /// A JSON value kept as its text, so outputs are printed exactly as the guest wrote them.
@@ -119,29 +120,43 @@ pub struct SessionOptions {
     /// Each line is one JSON value and each output is printed as compact JSON (the guest must
     /// be built with the `json` feature of `wasmbox`); otherwise lines and outputs are strings.
     pub json: bool,
+    /// Run the durable box stored in this directory (created if missing): every line is
+    /// journaled before it runs, so a later run resumes where this one stopped.
+    pub durable: Option<PathBuf>,
+    /// With `durable`: a checkpoint every this many journaled events.
+    pub checkpoint_every: u64,
 }
 
-/// The box, with `String` messages or JSON values.
+/// The name of the box `--durable DIR` keeps in DIR.
+pub const DURABLE_BOX: &str = "box";
+
+/// The box, with `String` messages or JSON values, in memory or durable.
 pub enum GuestBox {
     /// A guest whose messages are `String`s in both directions.
     Text(WasmBoxHost<String, String>),
     /// Any guest built with the `json` feature, its messages relayed as JSON text.
     Json(WasmBoxHost<Json, Json>),
+    /// `Text`, kept in a durable store.
+    DurableText(DurableBox<String, String>),
+    /// `Json`, kept in a durable store.
+    DurableJson(DurableBox<Json, Json>),
 }
 
-/// Runs `$body` with `$host` bound to the box, whichever kind it is.
+/// Runs `$body` with `$host` bound to the box, whichever kind it is (in memory).
 macro_rules! each {
-    ($guest:expr, $host:ident => $body:expr) => {
+    ($guest:expr, $host:ident => $body:expr, $durable:ident => $dbody:expr) => {
         match $guest {
             GuestBox::Text($host) => $body,
             GuestBox::Json($host) => $body,
+            GuestBox::DurableText($durable) => $dbody,
+            GuestBox::DurableJson($durable) => $dbody,
         }
     };
 }
 
 impl fmt::Debug for GuestBox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        each!(self, host => host.fmt(f))
+        each!(self, host => host.fmt(f), d => d.fmt(f))
     }
 }
 
@@ -153,38 +168,111 @@ impl GuestBox {
     fn message(&mut self, line: &str) -> Result<(), anyhow::Error> {
         match self {
             GuestBox::Text(host) => Ok(host.message(line)?),
-            GuestBox::Json(host) => {
-                let value: Json = serde_json::from_str(line)
-                    .map_err(|e| anyhow::anyhow!("the line is not valid JSON: {e}"))?;
-                Ok(host.message(&value)?)
-            }
+            GuestBox::Json(host) => Ok(host.message(&json_line(line)?)?),
+            GuestBox::DurableText(d) => d.message(line).map(drop).map_err(Into::into),
+            GuestBox::DurableJson(d) => Ok(d.message(&json_line(line)?).map(drop)?),
         }
     }
 
     fn poisoned(&self) -> Option<&str> {
-        each!(self, host => host.poisoned())
+        each!(self, host => host.poisoned(), d => d.stopped())
     }
 
     #[cfg(test)]
     fn clock(&self) -> wasmbox_host::Clock {
-        each!(self, host => host.clock())
+        match self {
+            GuestBox::Text(host) => host.clock(),
+            GuestBox::Json(host) => host.clock(),
+            _ => unreachable!("the relay's unit tests use boxes in memory"),
+        }
     }
 
     fn set_time(&mut self, millis: u64) {
-        each!(self, host => host.set_time(millis))
+        each!(self, host => host.set_time(millis), d => report(d.set_time(millis)))
     }
 
     fn advance_time(&mut self, by: Duration) {
-        each!(self, host => host.advance_time(by))
+        each!(self, host => host.advance_time(by), d => report(d.advance_time(by)))
     }
 
-    fn snapshot_to_file(&mut self, path: &Path) -> Result<(), Error> {
-        each!(self, host => host.snapshot_to_file(path))
+    fn snapshot_to_file(&mut self, path: &Path) -> Result<()> {
+        each!(
+            self,
+            host => Ok(host.snapshot_to_file(path)?),
+            d => {
+                let snapshot = d.snapshot_state()?;
+                std::fs::write(path, wasmbox_host::snapshot::encode_file(&snapshot))?;
+                Ok(())
+            }
+        )
     }
 
-    fn restore_snapshot_from_file(&mut self, path: &Path) -> Result<(), Error> {
-        each!(self, host => host.restore_snapshot_from_file(path))
+    fn restore_snapshot_from_file(&mut self, path: &Path) -> Result<()> {
+        each!(
+            self,
+            host => Ok(host.restore_snapshot_from_file(path)?),
+            _d => bail!("a durable box cannot be restored from a snapshot: its history is its journal")
+        )
     }
+}
+
+/// A line of JSON.
+fn json_line(line: &str) -> Result<Json> {
+    serde_json::from_str(line).map_err(|e| anyhow::anyhow!("the line is not valid JSON: {e}"))
+}
+
+/// Reports a durable box's journal error (the box then stops; the next message says so).
+fn report(result: Result<u64, Error>) {
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+    }
+}
+
+/// Opens the durable box in `dir` as `options` say, with outputs printed by `output`.
+fn open_durable<In, Out: DeserializeOwned + Send + 'static>(
+    module: &WasmBoxModule,
+    dir: &Path,
+    options: &SessionOptions,
+    codec: Codec,
+    output: impl FnMut(Out) + Send + 'static,
+) -> Result<DurableBox<In, Out>> {
+    let store = BoxStore::open_dir(dir)
+        .with_context(|| format!("cannot open the durable store {}", dir.display()))?;
+    let start_time = options.start_time.unwrap_or_else(real_time_millis);
+    let seed = options.seed;
+    let mut output = output;
+    let durable = DurableBox::<In, Out>::builder(module, &store, DURABLE_BOX)
+        .checkpoint_every(options.checkpoint_every)
+        .configure(|b| {
+            let b = b
+                .codec(codec)
+                .guest_stdout_to_stderr(true)
+                .start_time(start_time);
+            match seed {
+                Some(seed) => b.seed(seed),
+                None => b,
+            }
+        })
+        .open(move |_seq, out| output(out))
+        .with_context(|| format!("cannot open the durable box in {}", dir.display()))?;
+    let r = durable.recovery();
+    if r.created {
+        eprintln!("durable box created in {}", dir.display());
+    } else {
+        eprintln!(
+            "durable box resumed from {}: checkpoint {} + {} journaled events",
+            dir.display(),
+            r.checkpoint,
+            r.replayed
+        );
+    }
+    if let Some((file, offset, len)) = &r.torn_tail {
+        eprintln!("a torn record at the end of {file} (byte {offset}, {len} bytes) was discarded");
+    }
+    for note in &r.notes {
+        eprintln!("{note}");
+    }
+    Ok(durable)
 }
 
 /// Starts a box from `builder` as `options` say, with outputs printed by `output`.
@@ -239,7 +327,15 @@ impl Relay {
     /// If the snapshot cannot be read or used, or the guest fails to start.
     pub fn start(module: &WasmBoxModule, options: SessionOptions) -> Result<Relay> {
         let stdout = GuestOutput::default();
-        let host = if options.json {
+        let host = if let Some(dir) = &options.durable {
+            if options.json {
+                let print = stdout.printer(|value: Json| value.get().to_string());
+                GuestBox::DurableJson(open_durable(module, dir, &options, Codec::Json, print)?)
+            } else {
+                let print = stdout.printer(|text: String| one_line(&text).into_owned());
+                GuestBox::DurableText(open_durable(module, dir, &options, Codec::Bincode, print)?)
+            }
+        } else if options.json {
             let builder = WasmBoxHost::<Json, Json>::builder(module).codec(Codec::Json);
             let print = stdout.printer(|value: Json| value.get().to_string());
             GuestBox::Json(start_box(builder, &options, print)?)

@@ -33,6 +33,28 @@ impl<In, Out> std::fmt::Debug for WasmBoxBuilder<In, Out> {
     }
 }
 
+impl<In, Out> Clone for WasmBoxBuilder<In, Out> {
+    fn clone(&self) -> Self {
+        WasmBoxBuilder {
+            module: self.module.clone(),
+            options: self.options.clone(),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<In, Out> WasmBoxBuilder<In, Out> {
+    /// The module boxes of this builder run.
+    pub(crate) fn module(&self) -> &WasmBoxModule {
+        &self.module
+    }
+
+    /// The snapshot key, if one is set.
+    pub(crate) fn key(&self) -> Option<&SnapshotKey> {
+        self.options.snapshot_key.as_ref()
+    }
+}
+
 impl<In, Out: DeserializeOwned> WasmBoxBuilder<In, Out> {
     pub(crate) fn new(module: &WasmBoxModule) -> Self {
         WasmBoxBuilder {

@@ -118,6 +118,75 @@ pub enum Error {
     /// A snapshot could not be used; the box is unchanged.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// A durable box's store, journal or checkpoints (see [`crate::durable`]).
+    #[error(transparent)]
+    Durable(#[from] DurableError),
+}
+
+/// What can go wrong with a durable box's stored state.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DurableError {
+    /// Another owner has the box open (another process, or another `DurableBox` here).
+    #[error("the box `{name}` is open elsewhere: a box has one writer at a time")]
+    Locked {
+        /// The box.
+        name: String,
+    },
+    /// A box name that cannot be stored.
+    #[error(
+        "`{name}` is not a valid box name: 1 to 128 characters of A-Z, a-z, 0-9, `.`, `_`, `-`, not starting with `.`"
+    )]
+    BadName {
+        /// The name given.
+        name: String,
+    },
+    /// A journal segment or checkpoint that cannot be used; nothing was overwritten.
+    #[error("{file}, at byte {offset}: {what}")]
+    Corrupt {
+        /// The object (file) in the box.
+        file: String,
+        /// Where in it.
+        offset: u64,
+        /// What is wrong.
+        what: String,
+    },
+    /// A journal segment or checkpoint of another module.
+    #[error("{file} belongs to another module (fingerprint {found}, this box runs {expected})")]
+    WrongModule {
+        /// The object (file) in the box.
+        file: String,
+        /// This box's module fingerprint.
+        expected: String,
+        /// The one found.
+        found: String,
+    },
+    /// `snapshot_at` for an event outside what is kept.
+    #[error(
+        "event {seq} is not covered: the kept checkpoints and journal reach from {oldest} to {newest}"
+    )]
+    NotCovered {
+        /// The event asked for.
+        seq: u64,
+        /// The oldest event that can be rebuilt.
+        oldest: u64,
+        /// The newest.
+        newest: u64,
+    },
+    /// Verification: replaying the journal did not reproduce a checkpoint.
+    #[error(
+        "replaying the journal does not reproduce checkpoint {seq}: the module changed, or the host is not deterministic"
+    )]
+    Diverged {
+        /// The checkpoint's sequence number.
+        seq: u64,
+    },
+    /// The box stopped taking messages after a journal or checkpoint write failed.
+    #[error("the box stopped taking messages: {cause}; reopen it")]
+    Stopped {
+        /// What failed.
+        cause: String,
+    },
 }
 
 /// Why a snapshot was refused. In every case the box it was offered to is left as it was.

@@ -67,6 +67,7 @@ mod builder;
 mod capture;
 mod check;
 mod delta;
+pub mod durable;
 mod error;
 mod file;
 mod instrument;
@@ -85,7 +86,7 @@ mod uffd;
 
 pub use builder::WasmBoxBuilder;
 pub use delta::{SnapshotDelta, ZeroRange};
-pub use error::{Error, SnapshotError};
+pub use error::{DurableError, Error, SnapshotError};
 pub use file::SnapshotKey;
 pub use limits::{LimitKind, Limits};
 pub use module::{ModuleOptions, PRECOMPILED_MAGIC, WasmBoxModule};
@@ -123,6 +124,9 @@ pub struct WasmBoxHost<In = String, Out = String> {
     poisoned: Option<String>,
     /// Reused buffer for encoding inputs.
     scratch: Vec<u8>,
+    /// Replaying a journal (`durable`): no wall-clock deadline, which a replay must not hit
+    /// where the original run did not.
+    replaying: bool,
     _input: PhantomData<fn(&In)>,
 }
 
@@ -170,6 +174,7 @@ where
             undo: rollback::Undo::default(),
             poisoned: None,
             scratch: Vec::new(),
+            replaying: false,
             _input: PhantomData,
         }
     }
@@ -376,6 +381,26 @@ where
             }),
             None => Ok(()),
         }
+    }
+
+    /// Sends an input already encoded with the box's codec (a journaled one).
+    pub(crate) fn message_encoded(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.check_usable()?;
+        self.scratch.clear();
+        self.scratch.extend_from_slice(bytes);
+        self.relay_message()
+    }
+
+    /// The whole state, without making it the parent of the next delta (a durable box's
+    /// checkpoints are the chain; looking at its state must not break it).
+    pub(crate) fn capture_state(&mut self) -> Result<Snapshot, Error> {
+        self.check_usable()?;
+        Ok(capture::capture(&mut self.live, &self.module, &self.options.limits)?.to_snapshot())
+    }
+
+    /// The codec of the box's messages.
+    pub(crate) fn codec(&self) -> Codec {
+        self.options.codec
     }
 
     /// The box's state, borrowing its memory (see `capture.rs`), for the caller to keep: it

@@ -4,6 +4,7 @@
 
 use crate::WasmBoxHost;
 use crate::error::Error;
+use crate::limits::Limits;
 use crate::live::Live;
 use crate::restore::Source;
 use serde::Serialize;
@@ -72,7 +73,12 @@ impl<In, Out: DeserializeOwned> WasmBoxHost<In, Out> {
         let _ = live
             .store
             .set_fuel(limits.fuel_per_message.unwrap_or(u64::MAX));
-        live.store.set_epoch_deadline(limits.deadline_ticks());
+        let deadline = if self.replaying {
+            Limits::unlimited().deadline_ticks()
+        } else {
+            limits.deadline_ticks()
+        };
+        live.store.set_epoch_deadline(deadline);
         let state = live.store.data_mut();
         state.outbox.clear();
         state.panic_message = None;

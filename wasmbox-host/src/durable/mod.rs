@@ -1,0 +1,901 @@
+//! Durable boxes: a journal and checkpoints, so that a crash loses nothing.
+//!
+//! A [`DurableBox`] writes each input — and each clock change — to an append-only journal
+//! before running it, and from time to time a checkpoint (a delta of the box's state, or a full
+//! snapshot every [`FULL_EVERY`] checkpoints). Opening a box after a crash loads the latest
+//! checkpoint and replays the journal after it. A box is deterministic, so the state reached
+//! is exactly the one it had: a full snapshot taken after recovery equals, byte for byte, the
+//! one a box that never crashed would give.
+//!
+//! ```no_run
+//! use wasmbox_host::WasmBoxModule;
+//! use wasmbox_host::durable::{BoxStore, DurableBox, Durability};
+//! # fn main() -> Result<(), wasmbox_host::Error> {
+//! let module = WasmBoxModule::from_file("counter.wasm")?;
+//! let store = BoxStore::open_dir("state")?;
+//! let mut counter = DurableBox::<String, String>::builder(&module, &store, "counter-1")
+//!     .durability(Durability::Buffered)
+//!     .checkpoint_every(1_000)
+//!     .open(|seq, reply| println!("{seq}: {reply}"))?; // creates or recovers
+//! let seq = counter.message("up")?; // journaled before it runs
+//! counter.checkpoint()?;
+//! let state = counter.snapshot_state()?;
+//! # Ok(()) }
+//! ```
+//!
+//! Files, per box: `checkpoint-<seq>.snap` / `checkpoint-<seq>.delta` (the snapshot and delta
+//! file formats) and `journal-<seq>.wbj` (see `journal.rs`), where `<seq>` is the sequence
+//! number of the last event the checkpoint includes; the journal segment `journal-<S>` holds
+//! the events after checkpoint `S`.
+
+mod journal;
+mod store;
+
+pub use store::{Appender, Backend, BoxStore};
+
+use crate::error::{DurableError, Error};
+use crate::file::SnapshotKey;
+use crate::snapshot::{Snapshot, decode_delta_file_keyed, decode_file_keyed};
+use crate::{WasmBoxBuilder, WasmBoxHost, WasmBoxModule};
+use journal::Record;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::borrow::Borrow;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+/// Every this many checkpoints, one is a full snapshot instead of a delta, so that recovery
+/// applies at most this many deltas.
+pub const FULL_EVERY: usize = 16;
+
+/// When a journal record is safe.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Durability {
+    /// The record reaches the operating system before the message runs: nothing is lost when
+    /// the process is killed; a power cut may lose the last messages.
+    #[default]
+    Buffered,
+    /// The record is on disk (fsync) before the message runs and its outputs are delivered.
+    Sync,
+}
+
+/// What opening a box found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Recovery {
+    /// The box did not exist and was created.
+    pub created: bool,
+    /// The sequence number of the checkpoint recovery started from.
+    pub checkpoint: u64,
+    /// Journal events replayed after it.
+    pub replayed: u64,
+    /// A torn record at the journal's tail (a crash during an append), discarded: the
+    /// segment, the offset and the length of what was cut off.
+    pub torn_tail: Option<(String, u64, u64)>,
+    /// Checkpoints that could not be used, and why (recovery then started from an older one).
+    pub notes: Vec<String>,
+    /// With [`DurableBuilder::verify`]: the checkpoint that replaying from the one before it
+    /// reproduced.
+    pub verified: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Checkpoint {
+    seq: u64,
+    full: bool,
+}
+
+impl Checkpoint {
+    fn object(self) -> String {
+        let ext = if self.full { "snap" } else { "delta" };
+        format!("checkpoint-{:020}.{ext}", self.seq)
+    }
+}
+
+fn segment_object(seq: u64) -> String {
+    format!("journal-{seq:020}.wbj")
+}
+
+/// Configures a durable box: see [`DurableBox::builder`].
+pub struct DurableBuilder<In, Out> {
+    host: WasmBoxBuilder<In, Out>,
+    store: BoxStore,
+    name: String,
+    durability: Durability,
+    every: u64,
+    bytes: u64,
+    keep: usize,
+    verify: bool,
+}
+
+impl<In, Out> std::fmt::Debug for DurableBuilder<In, Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DurableBuilder")
+            .field("name", &self.name)
+            .field("durability", &self.durability)
+            .field("every", &self.every)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<In, Out: DeserializeOwned + Send + 'static> DurableBuilder<In, Out> {
+    /// When journal records are safe (default [`Durability::Buffered`]).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Checkpoint after this many journaled events (default 1,000; 0: only on
+    /// [`DurableBox::checkpoint`] and by journal size).
+    pub fn checkpoint_every(mut self, events: u64) -> Self {
+        self.every = events;
+        self
+    }
+
+    /// Checkpoint when the journal since the last checkpoint reaches this many bytes (default
+    /// 64 MiB).
+    pub fn checkpoint_bytes(mut self, bytes: u64) -> Self {
+        self.bytes = bytes;
+        self
+    }
+
+    /// How many checkpoints to keep (default 2, at least 1): older ones, and the journal
+    /// before the oldest kept, are deleted. [`DurableBox::snapshot_at`] reaches back to the
+    /// oldest kept.
+    pub fn keep_checkpoints(mut self, n: usize) -> Self {
+        self.keep = n.max(1);
+        self
+    }
+
+    /// On open, replay from the checkpoint before the latest and check that it reproduces the
+    /// latest, byte for byte: catches a changed module or a non-deterministic host
+    /// ([`DurableError::Diverged`]).
+    pub fn verify(mut self, on: bool) -> Self {
+        self.verify = on;
+        self
+    }
+
+    /// Settings of the box itself (seed, start time, limits, codec, snapshot key) for a box
+    /// that does not exist yet; limits, codec and key apply to every open.
+    pub fn configure(
+        mut self,
+        f: impl FnOnce(WasmBoxBuilder<In, Out>) -> WasmBoxBuilder<In, Out>,
+    ) -> Self {
+        self.host = f(self.host);
+        self
+    }
+
+    /// Creates the box, or recovers it: the latest usable checkpoint, then the journal after
+    /// it. `callback` receives every output with the sequence number of the input that
+    /// produced it; outputs of replayed messages are not delivered again.
+    ///
+    /// # Errors
+    /// [`DurableError::Locked`] if the box is open elsewhere; [`DurableError::Corrupt`],
+    /// [`DurableError::WrongModule`], [`DurableError::Diverged`] for stored state that cannot
+    /// be used (nothing is overwritten); I/O and guest errors.
+    pub fn open(
+        self,
+        callback: impl FnMut(u64, Out) + Send + 'static,
+    ) -> Result<DurableBox<In, Out>, Error> {
+        let DurableBuilder {
+            host,
+            store,
+            name,
+            durability,
+            every,
+            bytes,
+            keep,
+            verify,
+        } = self;
+        let settings = Settings {
+            store,
+            name,
+            durability,
+            every,
+            bytes,
+            keep,
+        };
+        let name = settings.name.clone();
+        store::check_name(&name)?;
+        let backend = Arc::clone(&settings.store.backend);
+        let lock = backend.lock(&name)?;
+        let host = host.rollback_on_trap(true);
+        let module = host.module().clone();
+        let fingerprint = module.fingerprint();
+        let key = host.key().cloned();
+        let (checkpoints, segments) = list(&*backend, &name)?;
+        let outputs: Arc<Mutex<Vec<Out>>> = Arc::default();
+        let sink = {
+            let outputs = Arc::clone(&outputs);
+            move |out| {
+                outputs
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(out)
+            }
+        };
+        let mut recovery = Recovery::default();
+        let mut durable = if checkpoints.is_empty() {
+            if let Some(first) = segments.first() {
+                return Err(corrupt(
+                    &segment_object(*first),
+                    0,
+                    "a journal without a checkpoint",
+                ));
+            }
+            let mut inner = host.clone().build(sink)?;
+            let snapshot = inner.snapshot_state()?;
+            let first = Checkpoint { seq: 0, full: true };
+            backend.write(
+                &name,
+                &first.object(),
+                &crate::file::encode_file_keyed(&snapshot, key.as_ref()),
+            )?;
+            recovery.created = true;
+            let journal = backend.append(&name, &segment_object(0), 0)?;
+            DurableBox::assemble(
+                settings,
+                host,
+                inner,
+                lock,
+                journal,
+                vec![first],
+                vec![0],
+                1,
+                outputs,
+                callback,
+                key,
+                recovery,
+            )
+        } else {
+            let place = Place {
+                backend: &*backend,
+                name: &name,
+                key: key.as_ref(),
+                fingerprint: &fingerprint,
+            };
+            let (from, snapshot, notes) = place.materialize(&checkpoints, u64::MAX)?;
+            recovery.notes = notes;
+            recovery.checkpoint = from;
+            let mut inner = host.clone().restore(&snapshot, sink)?;
+            let replayed = place.replay(&mut inner, &segments, from, u64::MAX)?;
+            recovery.replayed = replayed.events;
+            recovery.torn_tail = replayed.torn.clone();
+            let latest = checkpoints.last().map_or(0, |c| c.seq);
+            if replayed.last_seq < latest {
+                return Err(corrupt(
+                    &segment_object(from),
+                    0,
+                    &format!(
+                        "the journal ends at {} but checkpoint {latest} exists",
+                        replayed.last_seq
+                    ),
+                ));
+            }
+            if verify {
+                recovery.verified = place.verify(&host, &checkpoints, &segments)?;
+            }
+            outputs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear();
+            // Append where the journal's good part ends (cutting a torn tail), or start the
+            // segment of the latest checkpoint if the crash came before it existed.
+            let (segment, keep) = match replayed.last_segment {
+                Some(s) => s,
+                None => (from, 0),
+            };
+            let mut segments = segments;
+            if !segments.contains(&segment) {
+                segments.push(segment);
+            }
+            let journal = backend.append(&name, &segment_object(segment), keep)?;
+            let fell_back = from < latest;
+            let mut durable = DurableBox::assemble(
+                settings,
+                host,
+                inner,
+                lock,
+                journal,
+                checkpoints,
+                segments,
+                replayed.last_seq + 1,
+                outputs,
+                callback,
+                key,
+                recovery,
+            );
+            if keep < journal::HEADER_LEN as u64 {
+                durable.write_segment_header()?;
+            } else {
+                durable.journal_len = keep;
+            }
+            if fell_back {
+                // The newer checkpoints are unusable: start a new chain, leaving them be.
+                durable.write_checkpoint(true)?;
+            }
+            return Ok(durable);
+        };
+        durable.write_segment_header()?;
+        Ok(durable)
+    }
+}
+
+/// The builder's settings a box keeps.
+struct Settings {
+    store: BoxStore,
+    name: String,
+    durability: Durability,
+    every: u64,
+    bytes: u64,
+    keep: usize,
+}
+
+/// A box whose state survives crashes: see the [module docs](self).
+pub struct DurableBox<In, Out> {
+    inner: WasmBoxHost<In, Out>,
+    host: WasmBoxBuilder<In, Out>,
+    store: BoxStore,
+    name: String,
+    _lock: Box<dyn std::any::Any + Send>,
+    journal: Box<dyn store::Appender>,
+    /// Bytes appended to the current segment (its header included).
+    journal_len: u64,
+    frame: Vec<u8>,
+    input: Vec<u8>,
+    next_seq: u64,
+    durability: Durability,
+    every: u64,
+    bytes: u64,
+    keep: usize,
+    since_checkpoint: u64,
+    checkpoints: Vec<Checkpoint>,
+    segments: Vec<u64>,
+    outputs: Arc<Mutex<Vec<Out>>>,
+    callback: Box<dyn FnMut(u64, Out) + Send>,
+    key: Option<SnapshotKey>,
+    recovery: Recovery,
+    /// Why the box stopped taking messages (a journal write failed), if it did.
+    stopped: Option<String>,
+}
+
+impl<In, Out> std::fmt::Debug for DurableBox<In, Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DurableBox")
+            .field("name", &self.name)
+            .field("next_seq", &self.next_seq)
+            .field("checkpoints", &self.checkpoints)
+            .field("stopped", &self.stopped)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
+    /// A builder for the box `name` of `store`, running `module`.
+    pub fn builder(
+        module: &WasmBoxModule,
+        store: &BoxStore,
+        name: &str,
+    ) -> DurableBuilder<In, Out> {
+        DurableBuilder {
+            host: WasmBoxHost::builder(module),
+            store: store.clone(),
+            name: name.to_string(),
+            durability: Durability::Buffered,
+            every: 1_000,
+            bytes: 64 << 20,
+            keep: 2,
+            verify: false,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        b: Settings,
+        host: WasmBoxBuilder<In, Out>,
+        inner: WasmBoxHost<In, Out>,
+        lock: Box<dyn std::any::Any + Send>,
+        journal: Box<dyn store::Appender>,
+        checkpoints: Vec<Checkpoint>,
+        segments: Vec<u64>,
+        next_seq: u64,
+        outputs: Arc<Mutex<Vec<Out>>>,
+        callback: impl FnMut(u64, Out) + Send + 'static,
+        key: Option<SnapshotKey>,
+        recovery: Recovery,
+    ) -> Self {
+        DurableBox {
+            inner,
+            host,
+            store: b.store,
+            name: b.name,
+            _lock: lock,
+            journal,
+            journal_len: 0,
+            frame: Vec::new(),
+            input: Vec::new(),
+            next_seq,
+            durability: b.durability,
+            every: b.every,
+            bytes: b.bytes,
+            keep: b.keep,
+            since_checkpoint: 0,
+            checkpoints,
+            segments,
+            outputs,
+            callback: Box::new(callback),
+            key,
+            recovery,
+            stopped: None,
+        }
+    }
+
+    /// A new (or emptied) segment gets its header before any record: it follows the last
+    /// event.
+    fn write_segment_header(&mut self) -> Result<(), Error> {
+        let seq = self.next_seq - 1;
+        let header = journal::header(&self.inner.module().fingerprint(), seq);
+        self.journal.append(&header)?;
+        self.journal.sync()?;
+        self.journal_len = header.len() as u64;
+        Ok(())
+    }
+
+    /// Sends one message: it is journaled, then runs; its outputs reach the callback with its
+    /// sequence number, which this returns. A message that fails (panic, trap, limit) is
+    /// rolled back — the box goes on — and its failure is journaled.
+    ///
+    /// # Errors
+    /// The message's own error (the box goes on), or a journal write error (the box then
+    /// stops taking messages: reopen it).
+    pub fn message<Q>(&mut self, input: &Q) -> Result<u64, Error>
+    where
+        Q: Serialize + ?Sized,
+        In: Borrow<Q>,
+    {
+        self.check_running()?;
+        let mut bytes = std::mem::take(&mut self.input);
+        crate::relay::encode_into(self.inner.codec(), input, &mut bytes)?;
+        let seq = self.next_seq;
+        let record = Record::Message { seq, input: bytes };
+        self.append(&record, self.durability == Durability::Sync)?;
+        let Record::Message { input: bytes, .. } = record else {
+            unreachable!("built above")
+        };
+        self.next_seq += 1;
+        let before = self.inner.state_id();
+        let result = self.inner.message_encoded(&bytes);
+        self.input = bytes;
+        if result.is_err() && self.inner.state_id() == before {
+            self.append(&Record::Failed { seq }, self.durability == Durability::Sync)?;
+        }
+        self.deliver(seq);
+        self.after_event()?;
+        result.map(|()| seq)
+    }
+
+    /// Sets the box's clock (journaled); returns the event's sequence number.
+    ///
+    /// # Errors
+    /// A journal write error.
+    pub fn set_time(&mut self, millis: u64) -> Result<u64, Error> {
+        self.check_running()?;
+        let seq = self.next_seq;
+        self.append(
+            &Record::SetTime { seq, millis },
+            self.durability == Durability::Sync,
+        )?;
+        self.next_seq += 1;
+        self.inner.set_time(millis);
+        self.after_event()?;
+        Ok(seq)
+    }
+
+    /// Moves the box's clock forward (journaled, to the nanosecond up to 584 years).
+    ///
+    /// # Errors
+    /// A journal write error.
+    pub fn advance_time(&mut self, by: Duration) -> Result<u64, Error> {
+        self.check_running()?;
+        let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        let seq = self.next_seq;
+        self.append(
+            &Record::AdvanceTime { seq, nanos },
+            self.durability == Durability::Sync,
+        )?;
+        self.next_seq += 1;
+        self.inner.advance_time(Duration::from_nanos(nanos));
+        self.after_event()?;
+        Ok(seq)
+    }
+
+    /// Writes a checkpoint now (a delta of what changed since the last one, or a full
+    /// snapshot every [`FULL_EVERY`]), starts a new journal segment and applies retention.
+    ///
+    /// # Errors
+    /// I/O errors (the box then stops taking messages).
+    pub fn checkpoint(&mut self) -> Result<(), Error> {
+        self.check_running()?;
+        if self.checkpoints.last().map(|c| c.seq) == Some(self.next_seq - 1) {
+            return Ok(());
+        }
+        let since_full = self
+            .checkpoints
+            .iter()
+            .rev()
+            .take_while(|c| !c.full)
+            .count();
+        let result = self.write_checkpoint(since_full + 1 >= FULL_EVERY);
+        if let Err(e) = &result {
+            self.stopped = Some(format!("a checkpoint failed: {e}"));
+        }
+        result
+    }
+
+    fn write_checkpoint(&mut self, full: bool) -> Result<(), Error> {
+        let seq = self.next_seq - 1;
+        let checkpoint = Checkpoint { seq, full };
+        let bytes = if full {
+            let snapshot = self.inner.snapshot_state()?;
+            crate::file::encode_file_keyed(&snapshot, self.key.as_ref())
+        } else {
+            let delta = self.inner.snapshot_delta()?;
+            crate::file::encode_delta_file(&delta, self.key.as_ref())
+        };
+        let backend = Arc::clone(&self.store.backend);
+        backend.write(&self.name, &checkpoint.object(), &bytes)?;
+        self.checkpoints.retain(|c| c.seq != seq);
+        self.checkpoints.push(checkpoint);
+        if !self.segments.contains(&seq) {
+            self.journal = backend.append(&self.name, &segment_object(seq), 0)?;
+            self.segments.push(seq);
+            self.write_segment_header()?;
+        }
+        self.since_checkpoint = 0;
+        self.retain()
+    }
+
+    /// Deletes checkpoints older than the `keep` newest (keeping what the oldest kept one
+    /// needs: its full snapshot and the deltas after it) and the journal before it.
+    fn retain(&mut self) -> Result<(), Error> {
+        let n = self.checkpoints.len();
+        if n <= self.keep {
+            return Ok(());
+        }
+        let oldest = n - self.keep;
+        let base = (0..=oldest)
+            .rev()
+            .find(|&i| self.checkpoints[i].full)
+            .unwrap_or(0);
+        let oldest_seq = self.checkpoints[oldest].seq;
+        let backend = Arc::clone(&self.store.backend);
+        for c in self.checkpoints.drain(..base) {
+            backend.remove(&self.name, &c.object())?;
+        }
+        for s in self.segments.iter().filter(|&&s| s < oldest_seq) {
+            backend.remove(&self.name, &segment_object(*s))?;
+        }
+        self.segments.retain(|&s| s >= oldest_seq);
+        Ok(())
+    }
+
+    /// The box's whole state now (it does not count as a checkpoint).
+    ///
+    /// # Errors
+    /// As [`WasmBoxHost::snapshot_state`].
+    pub fn snapshot_state(&mut self) -> Result<Snapshot, Error> {
+        self.inner.capture_state()
+    }
+
+    /// The box's state as it was right after event `seq`, for any `seq` from the oldest kept
+    /// checkpoint on: rebuilt from that checkpoint and the journal, in a separate box.
+    ///
+    /// # Errors
+    /// [`DurableError::NotCovered`] for a `seq` outside what is kept; I/O errors.
+    pub fn snapshot_at(&mut self, seq: u64) -> Result<Snapshot, Error> {
+        let oldest = self.checkpoints[self.checkpoints.len().saturating_sub(self.keep)].seq;
+        let newest = self.next_seq - 1;
+        if seq < oldest || seq > newest {
+            return Err(Error::Durable(DurableError::NotCovered {
+                seq,
+                oldest,
+                newest,
+            }));
+        }
+        let backend = Arc::clone(&self.store.backend);
+        let fingerprint = self.inner.module().fingerprint();
+        let place = Place {
+            backend: &*backend,
+            name: &self.name,
+            key: self.key.as_ref(),
+            fingerprint: &fingerprint,
+        };
+        let (from, snapshot, _) = place.materialize(&self.checkpoints, seq)?;
+        let mut past = self.host.clone().restore(&snapshot, |_| {})?;
+        place.replay(&mut past, &self.segments, from, seq)?;
+        past.capture_state()
+    }
+
+    /// What opening the box found and did.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// The sequence number of the last journaled event (0 for a new box).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// The box's name in its store.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Why the box stopped taking messages, if it did.
+    pub fn stopped(&self) -> Option<&str> {
+        self.stopped.as_deref()
+    }
+
+    fn check_running(&self) -> Result<(), Error> {
+        match &self.stopped {
+            Some(cause) => Err(Error::Durable(DurableError::Stopped {
+                cause: cause.clone(),
+            })),
+            None => Ok(()),
+        }
+    }
+
+    fn append(&mut self, record: &Record, sync: bool) -> Result<(), Error> {
+        journal::frame(record, &mut self.frame);
+        let result = self
+            .journal
+            .append(&self.frame)
+            .and_then(|()| if sync { self.journal.sync() } else { Ok(()) });
+        match result {
+            Ok(()) => {
+                self.journal_len += self.frame.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                self.stopped = Some(format!("a journal write failed: {e}"));
+                Err(e)
+            }
+        }
+    }
+
+    fn deliver(&mut self, seq: u64) {
+        let outputs =
+            std::mem::take(&mut *self.outputs.lock().unwrap_or_else(PoisonError::into_inner));
+        for out in outputs {
+            (self.callback)(seq, out);
+        }
+    }
+
+    fn after_event(&mut self) -> Result<(), Error> {
+        self.since_checkpoint += 1;
+        let by_count = self.every > 0 && self.since_checkpoint >= self.every;
+        if by_count || self.journal_len >= self.bytes {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+}
+
+/// Lists a box's checkpoints and journal segments, sorted by sequence number.
+fn list(backend: &dyn Backend, name: &str) -> Result<(Vec<Checkpoint>, Vec<u64>), Error> {
+    let mut checkpoints = Vec::new();
+    let mut segments = Vec::new();
+    for object in backend.objects(name)? {
+        let seq_of = |rest: &str| rest.parse::<u64>().ok();
+        if let Some(seq) = object
+            .strip_prefix("checkpoint-")
+            .and_then(|r| r.strip_suffix(".snap"))
+            .and_then(seq_of)
+        {
+            checkpoints.push(Checkpoint { seq, full: true });
+        } else if let Some(seq) = object
+            .strip_prefix("checkpoint-")
+            .and_then(|r| r.strip_suffix(".delta"))
+            .and_then(seq_of)
+        {
+            checkpoints.push(Checkpoint { seq, full: false });
+        } else if let Some(seq) = object
+            .strip_prefix("journal-")
+            .and_then(|r| r.strip_suffix(".wbj"))
+            .and_then(seq_of)
+        {
+            segments.push(seq);
+        }
+    }
+    checkpoints.sort_by_key(|c| (c.seq, !c.full));
+    segments.sort_unstable();
+    Ok((checkpoints, segments))
+}
+
+fn corrupt(file: &str, offset: u64, what: &str) -> Error {
+    Error::Durable(DurableError::Corrupt {
+        file: file.to_string(),
+        offset,
+        what: what.to_string(),
+    })
+}
+
+/// A box's stored state, for reading.
+struct Place<'a> {
+    backend: &'a dyn Backend,
+    name: &'a str,
+    key: Option<&'a SnapshotKey>,
+    fingerprint: &'a [u8; 32],
+}
+
+struct Replayed {
+    last_seq: u64,
+    events: u64,
+    /// The last segment read and the length of its good part.
+    last_segment: Option<(u64, u64)>,
+    torn: Option<(String, u64, u64)>,
+}
+
+impl Place<'_> {
+    /// The newest checkpoint at or before `until` that can be rebuilt: from the newest full
+    /// snapshot, through the deltas after it, stopping at the first that cannot be read or
+    /// applied (and going back to an older full snapshot if the newest is damaged).
+    fn materialize(
+        &self,
+        checkpoints: &[Checkpoint],
+        until: u64,
+    ) -> Result<(u64, Snapshot, Vec<String>), Error> {
+        let usable: Vec<Checkpoint> = checkpoints
+            .iter()
+            .copied()
+            .filter(|c| c.seq <= until)
+            .collect();
+        let mut notes = Vec::new();
+        let mut last_error = None;
+        for (i, full) in usable.iter().enumerate().rev().filter(|(_, c)| c.full) {
+            let object = full.object();
+            let mut snapshot = match self
+                .backend
+                .read(self.name, &object)
+                .and_then(|b| decode_file_keyed(&b, self.key).map_err(Error::from))
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    notes.push(format!("{object} cannot be used ({e})"));
+                    last_error = Some(corrupt(&object, 0, &e.to_string()));
+                    continue;
+                }
+            };
+            if snapshot.module_fingerprint != *self.fingerprint {
+                return Err(Error::Durable(DurableError::WrongModule {
+                    file: object,
+                    expected: crate::snapshot::hex(self.fingerprint),
+                    found: crate::snapshot::hex(&snapshot.module_fingerprint),
+                }));
+            }
+            let mut at = full.seq;
+            for delta in usable[i + 1..].iter().filter(|c| !c.full) {
+                let object = delta.object();
+                let applied = self
+                    .backend
+                    .read(self.name, &object)
+                    .and_then(|b| decode_delta_file_keyed(&b, self.key).map_err(Error::from))
+                    .and_then(|d| snapshot.apply(&d).map_err(Error::from));
+                if let Err(e) = applied {
+                    notes.push(format!("{object} cannot be used ({e}): recovering from checkpoint {at} and the journal after it"));
+                    break;
+                }
+                at = delta.seq;
+            }
+            return Ok((at, snapshot, notes));
+        }
+        Err(last_error.unwrap_or_else(|| {
+            corrupt(
+                "checkpoint",
+                0,
+                &format!("no checkpoint at or before {until}"),
+            )
+        }))
+    }
+
+    /// Replays the journal after checkpoint `from`, up to event `until`, into `inner`.
+    fn replay<In, Out: DeserializeOwned>(
+        &self,
+        inner: &mut WasmBoxHost<In, Out>,
+        segments: &[u64],
+        from: u64,
+        until: u64,
+    ) -> Result<Replayed, Error> {
+        let mut done = Replayed {
+            last_seq: from,
+            events: 0,
+            last_segment: None,
+            torn: None,
+        };
+        let starts: Vec<u64> = segments.iter().copied().filter(|&s| s >= from).collect();
+        inner.replaying = true;
+        let result = (|| {
+            for (i, &start) in starts.iter().enumerate() {
+                let object = segment_object(start);
+                if start != done.last_seq {
+                    return Err(corrupt(
+                        &object,
+                        0,
+                        &format!(
+                            "the segment starts after event {start}, but the journal before it ends at {}",
+                            done.last_seq
+                        ),
+                    ));
+                }
+                let bytes = self.backend.read(self.name, &object)?;
+                let segment = journal::parse(&object, &bytes, self.fingerprint, start)?;
+                if let Some((offset, len)) = segment.torn {
+                    if i + 1 != starts.len() {
+                        return Err(corrupt(
+                            &object,
+                            offset,
+                            "a record is cut short in the middle of the journal",
+                        ));
+                    }
+                    done.torn = Some((object.clone(), offset, len));
+                }
+                done.last_segment = Some((start, segment.good_len));
+                let records = &segment.records;
+                for (k, (_, record)) in records.iter().enumerate() {
+                    if record.seq() > until {
+                        return Ok(());
+                    }
+                    match record {
+                        Record::Message { seq, input } => {
+                            let failed = matches!(records.get(k + 1), Some((_, Record::Failed { seq: s })) if s == seq);
+                            if !failed
+                                && let Err(e) = inner.message_encoded(input)
+                                && inner.poisoned().is_some()
+                            {
+                                return Err(e);
+                            }
+                            done.last_seq = *seq;
+                        }
+                        Record::Failed { .. } => continue,
+                        Record::SetTime { seq, millis } => {
+                            inner.set_time(*millis);
+                            done.last_seq = *seq;
+                        }
+                        Record::AdvanceTime { seq, nanos } => {
+                            inner.advance_time(Duration::from_nanos(*nanos));
+                            done.last_seq = *seq;
+                        }
+                    }
+                    done.events += 1;
+                }
+            }
+            Ok(())
+        })();
+        inner.replaying = false;
+        result.map(|()| done)
+    }
+
+    /// Replays from the checkpoint before the latest to the latest and compares.
+    fn verify<In, Out: DeserializeOwned + Send + 'static>(
+        &self,
+        host: &WasmBoxBuilder<In, Out>,
+        checkpoints: &[Checkpoint],
+        segments: &[u64],
+    ) -> Result<Option<u64>, Error> {
+        let Some(latest) = checkpoints.last() else {
+            return Ok(None);
+        };
+        let (latest_at, expected, _) = self.materialize(checkpoints, latest.seq)?;
+        if latest_at == 0 || latest_at != latest.seq {
+            return Ok(None);
+        }
+        let (from, start, _) = self.materialize(checkpoints, latest_at - 1)?;
+        let mut past = host.clone().restore(&start, |_| {})?;
+        self.replay(&mut past, segments, from, latest_at)?;
+        if past.capture_state()? != expected {
+            return Err(Error::Durable(DurableError::Diverged { seq: latest_at }));
+        }
+        Ok(Some(latest_at))
+    }
+}

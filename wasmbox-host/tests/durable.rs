@@ -1,0 +1,440 @@
+//! Durable boxes through the real host and a real directory: recovery after a crash (the box
+//! dropped without a checkpoint, files cut or damaged) reaches, byte for byte, the state of a
+//! box that never crashed; time travel; verification; locks; retention. Killing real processes
+//! is in `wasmbox-cli/tests/durable_kill.rs`.
+
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
+mod common;
+
+use anyhow::Result;
+use common::guest;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use wasmbox_host::durable::{BoxStore, Durability, DurableBox};
+use wasmbox_host::snapshot::encode_file;
+use wasmbox_host::{DurableError, Error, Limits, Snapshot, WasmBoxHost, WasmBoxModule};
+
+type Outputs<Out> = Arc<Mutex<Vec<(u64, Out)>>>;
+
+fn open<In, Out>(
+    module: &WasmBoxModule,
+    store: &BoxStore,
+    every: u64,
+) -> Result<(DurableBox<In, Out>, Outputs<Out>)>
+where
+    Out: DeserializeOwned + Send + 'static,
+{
+    let out: Outputs<Out> = Arc::default();
+    let o = Arc::clone(&out);
+    let b = DurableBox::<In, Out>::builder(module, store, "b")
+        .checkpoint_every(every)
+        .open(move |seq, x| o.lock().unwrap().push((seq, x)))?;
+    Ok((b, out))
+}
+
+fn same(a: &Snapshot, b: &Snapshot, what: &str) {
+    assert!(
+        encode_file(a) == encode_file(b),
+        "{what}: the states differ"
+    );
+}
+
+/// The state of a box that ran `script` straight through (with rollback on, as a durable box).
+fn straight<In: Serialize, Out: DeserializeOwned + Send + 'static>(
+    module: &WasmBoxModule,
+    script: &[In],
+) -> Result<(Snapshot, Vec<Out>)> {
+    let (cb, out) = common::collector::<Out>();
+    let mut b = WasmBoxHost::<In, Out>::builder(module)
+        .rollback_on_trap(true)
+        .build(cb)?;
+    common::take(&out);
+    for m in script {
+        let _ = b.message(m);
+    }
+    Ok((b.snapshot_state()?, common::take(&out)))
+}
+
+/// For every k: k messages, a crash (the box dropped as it is), a reopen, the rest. The state
+/// and the outputs must be those of a box that never crashed.
+fn crash_everywhere<In, Out>(name: &str, script: &[In]) -> Result<()>
+where
+    In: Serialize,
+    Out: DeserializeOwned + PartialEq + Debug + Send + 'static,
+{
+    let module = WasmBoxModule::from_file(guest(name))?;
+    let (expected, expected_out) = straight::<In, Out>(&module, script)?;
+    for every in [0, 2] {
+        for k in 0..=script.len() {
+            let dir = tempfile::tempdir()?;
+            let store = BoxStore::open_dir(dir.path())?;
+            let (mut a, out) = open::<In, Out>(&module, &store, every)?;
+            for m in &script[..k] {
+                let _ = a.message(m);
+            }
+            drop(a); // the crash: nothing is written on drop
+            let (mut b, out2) = open::<In, Out>(&module, &store, every)?;
+            assert_eq!(b.last_seq(), k as u64, "{name}: every event came back");
+            for m in &script[k..] {
+                let _ = b.message(m);
+            }
+            let what = format!("{name}, crash after {k}, checkpoint every {every}");
+            same(&b.snapshot_state()?, &expected, &what);
+            let mut outputs: Vec<(u64, Out)> = std::mem::take(&mut *out.lock().unwrap());
+            outputs.extend(std::mem::take(&mut *out2.lock().unwrap()));
+            let seqs: Vec<u64> = outputs.iter().map(|(s, _)| *s).collect();
+            assert!(seqs.windows(2).all(|w| w[0] <= w[1]), "{what}: {seqs:?}");
+            let outputs: Vec<Out> = outputs.into_iter().map(|(_, o)| o).collect();
+            assert_eq!(outputs, expected_out, "{what}: no output lost or repeated");
+        }
+    }
+    Ok(())
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn accept_recovery_equals_no_crash_for_every_example_guest() -> Result<()> {
+    crash_everywhere::<String, String>("counter", &strings(&["up", "up", "x", "down", "up"]))?;
+    crash_everywhere::<String, String>("countersync", &strings(&["up", "down", "down"]))?;
+    crash_everywhere::<String, String>("echo", &strings(&["a", "", "longer", "é"]))?;
+    crash_everywhere::<String, String>("faults", &strings(&["up", "panic", "up", "divide", "up"]))?;
+    crash_everywhere::<u32, u32>("mailbox", &[1, 2, 3, 0])?;
+    crash_everywhere::<u32, Vec<u8>>("random", &[4, 16, 0, 64])?;
+    crash_everywhere::<String, clock::Reading>("clock", &strings(&["t", "sleep 1500", "t"]))?;
+    use memory::Request;
+    crash_everywhere::<Request, memory::Summary>(
+        "memory",
+        &[
+            Request::Grow { mib: 2, seed: 1 },
+            Request::Clear,
+            Request::Grow { mib: 1, seed: 3 },
+        ],
+    )?;
+    use typed::Command;
+    crash_everywhere::<Command, typed::Reply>(
+        "typed",
+        &[
+            Command::Open {
+                account: "a".into(),
+                cents: 500,
+            },
+            Command::Transfer {
+                from: "a".into(),
+                to: "b".into(),
+                cents: 120,
+            },
+            Command::Statement,
+        ],
+    )
+}
+
+fn counter() -> Result<WasmBoxModule> {
+    Ok(WasmBoxModule::from_file(guest("counter"))?)
+}
+
+/// The files of a box's directory and their bytes.
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut f: Vec<_> = std::fs::read_dir(dir.join("b"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().into_string().unwrap(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    f.sort();
+    f
+}
+
+fn current_segment(dir: &Path) -> std::path::PathBuf {
+    let mut segs: Vec<_> = std::fs::read_dir(dir.join("b"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wbj"))
+        .collect();
+    segs.sort();
+    segs.pop().unwrap()
+}
+
+#[test]
+fn accept_a_torn_tail_is_cut_and_reported() -> Result<()> {
+    let module = counter()?;
+    let dir = tempfile::tempdir()?;
+    let store = BoxStore::open_dir(dir.path())?;
+    let (mut a, _) = open::<String, String>(&module, &store, 0)?;
+    for _ in 0..3 {
+        a.message("up")?;
+    }
+    drop(a);
+    let seg = current_segment(dir.path());
+    let good = std::fs::metadata(&seg)?.len();
+    // Half of a fourth record, as a crash in the middle of its append would leave.
+    let mut bytes = std::fs::read(&seg)?;
+    let record_len = (bytes.len() - 60) / 3;
+    let half: Vec<u8> = bytes[bytes.len() - record_len..][..record_len / 2].to_vec();
+    bytes.extend_from_slice(&half);
+    std::fs::write(&seg, &bytes)?;
+    let (mut b, _) = open::<String, String>(&module, &store, 0)?;
+    let torn = b.recovery().torn_tail.clone().expect("reported");
+    assert_eq!((torn.1, torn.2), (good, (record_len / 2) as u64));
+    assert_eq!(b.last_seq(), 3);
+    assert_eq!(std::fs::metadata(&seg)?.len(), good, "cut off");
+    b.message("up")?;
+    drop(b);
+    let (mut c, _) = open::<String, String>(&module, &store, 0)?;
+    assert!(c.recovery().torn_tail.is_none());
+    let (expected, _) = straight::<String, String>(&module, &strings(&["up"; 4]))?;
+    same(&c.snapshot_state()?, &expected, "after a torn tail");
+    Ok(())
+}
+
+#[test]
+fn reject_damage_in_the_middle_naming_file_and_offset_and_touch_nothing() -> Result<()> {
+    let module = counter()?;
+    let dir = tempfile::tempdir()?;
+    let store = BoxStore::open_dir(dir.path())?;
+    let (mut a, _) = open::<String, String>(&module, &store, 0)?;
+    for _ in 0..3 {
+        a.message("up")?;
+    }
+    drop(a);
+    let seg = current_segment(dir.path());
+    let mut bytes = std::fs::read(&seg)?;
+    bytes[60 + 9] ^= 0x10; // inside the first record's payload
+    std::fs::write(&seg, &bytes)?;
+    let before = files(dir.path());
+    let err = open::<String, String>(&module, &store, 0).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(
+            err.downcast_ref::<Error>(),
+            Some(Error::Durable(DurableError::Corrupt { offset: 60, .. }))
+        ),
+        "{text}"
+    );
+    assert!(text.contains("journal-00000000000000000000.wbj"), "{text}");
+    assert_eq!(files(dir.path()), before, "nothing overwritten");
+    Ok(())
+}
+
+#[test]
+fn accept_an_older_checkpoint_when_the_latest_is_damaged() -> Result<()> {
+    let module = counter()?;
+    let dir = tempfile::tempdir()?;
+    let store = BoxStore::open_dir(dir.path())?;
+    let (mut a, _) = DurableBox::<String, String>::builder(&module, &store, "b")
+        .checkpoint_every(2)
+        .keep_checkpoints(3)
+        .open(|_, _| {})
+        .map(|b| (b, ()))?;
+    for _ in 0..5 {
+        a.message("up")?;
+    }
+    drop(a);
+    // Damage the newest checkpoint (a delta at 4).
+    let newest = dir.path().join("b/checkpoint-00000000000000000004.delta");
+    let mut bytes = std::fs::read(&newest)?;
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&newest, &bytes)?;
+    let (mut b, _) = open::<String, String>(&module, &store, 2)?;
+    assert_eq!(b.recovery().checkpoint, 2, "{:?}", b.recovery());
+    assert!(b.recovery().notes[0].contains("checkpoint-00000000000000000004.delta"));
+    let (expected, _) = straight::<String, String>(&module, &strings(&["up"; 5]))?;
+    same(&b.snapshot_state()?, &expected, "from the older checkpoint");
+    b.message("up")?;
+    drop(b);
+    let (mut c, _) = open::<String, String>(&module, &store, 2)?;
+    let (expected, _) = straight::<String, String>(&module, &strings(&["up"; 6]))?;
+    same(&c.snapshot_state()?, &expected, "after the new chain");
+    Ok(())
+}
+
+#[test]
+fn reject_a_second_owner_and_another_module() -> Result<()> {
+    let module = counter()?;
+    let dir = tempfile::tempdir()?;
+    let store = BoxStore::open_dir(dir.path())?;
+    let (a, _) = open::<String, String>(&module, &store, 0)?;
+    let err = open::<String, String>(&module, &store, 0).unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_ref::<Error>(),
+            Some(Error::Durable(DurableError::Locked { .. }))
+        ),
+        "{err}"
+    );
+    drop(a);
+    let echo = WasmBoxModule::from_file(guest("echo"))?;
+    let err = open::<String, String>(&echo, &store, 0).unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_ref::<Error>(),
+            Some(Error::Durable(DurableError::WrongModule { .. }))
+        ),
+        "{err}"
+    );
+    assert_eq!(store.list()?, ["b"]);
+    assert!(store.delete("../x").is_err());
+    store.delete("b")?;
+    assert!(store.list()?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn accept_time_travel_to_every_kept_event() -> Result<()> {
+    let module = counter()?;
+    let dir = tempfile::tempdir()?;
+    let store = BoxStore::open_dir(dir.path())?;
+    let mut b = DurableBox::<String, String>::builder(&module, &store, "b")
+        .checkpoint_every(3)
+        .keep_checkpoints(10)
+        .durability(Durability::Sync)
+        .open(|_, _| {})?;
+    let script = strings(&["up", "up", "down", "x", "up", "up", "up", "down"]);
+    let mut straight_box = WasmBoxHost::<String, String>::builder(&module)
+        .rollback_on_trap(true)
+        .build(|_| {})?;
+    let mut states = vec![straight_box.snapshot_state()?];
+    for (i, m) in script.iter().enumerate() {
+        let _ = b.message(m);
+        let _ = straight_box.message(m);
+        states.push(straight_box.snapshot_state()?);
+        if i == 4 {
+            b.set_time(1_800_000_000_000)?;
+            straight_box.set_time(1_800_000_000_000);
+            states.push(straight_box.snapshot_state()?);
+        }
+    }
+    for (seq, expected) in states.iter().enumerate() {
+        same(&b.snapshot_at(seq as u64)?, expected, &format!("at {seq}"));
+    }
+    assert!(matches!(
+        b.snapshot_at(99),
+        Err(Error::Durable(DurableError::NotCovered { .. }))
+    ));
+    Ok(())
+}
+
+#[test]
+fn accept_retention_deletes_old_checkpoints_and_journal() -> Result<()> {
+    let module = counter()?;
+    let dir = tempfile::tempdir()?;
+    let store = BoxStore::open_dir(dir.path())?;
+    let mut b = DurableBox::<String, String>::builder(&module, &store, "b")
+        .checkpoint_every(2)
+        .keep_checkpoints(2)
+        .open(|_, _| {})?;
+    for _ in 0..60 {
+        b.message("up")?;
+    }
+    let names: Vec<String> = files(dir.path()).into_iter().map(|(n, _)| n).collect();
+    let checkpoints = names
+        .iter()
+        .filter(|n| n.starts_with("checkpoint-"))
+        .count();
+    let segments = names.iter().filter(|n| n.ends_with(".wbj")).count();
+    // A full snapshot every 16 checkpoints: at most the chain back to it is kept.
+    assert!(checkpoints <= 17, "{names:?}");
+    assert_eq!(segments, 2, "{names:?}");
+    assert!(matches!(
+        b.snapshot_at(10),
+        Err(Error::Durable(DurableError::NotCovered { .. }))
+    ));
+    drop(b);
+    let (mut c, _) = open::<String, String>(&module, &store, 2)?;
+    let (expected, _) = straight::<String, String>(&module, &strings(&["up"; 60]))?;
+    same(&c.snapshot_state()?, &expected, "after retention");
+    Ok(())
+}
+
+#[test]
+fn reject_a_journal_that_does_not_reproduce_its_checkpoint() -> Result<()> {
+    let module = counter()?;
+    let dir = tempfile::tempdir()?;
+    let store = BoxStore::open_dir(dir.path())?;
+    let (mut a, _) = open::<String, String>(&module, &store, 2)?;
+    for _ in 0..3 {
+        a.message("up")?;
+    }
+    drop(a);
+    let verified = DurableBox::<String, String>::builder(&module, &store, "b")
+        .verify(true)
+        .open(|_, _| {})?;
+    assert_eq!(verified.recovery().verified, Some(2));
+    drop(verified);
+    // Rewrite the message of event 1 ("up" → "x", a different message with a valid checksum):
+    // replaying from checkpoint 0 no longer reaches checkpoint 2.
+    let seg = dir.path().join("b/journal-00000000000000000000.wbj");
+    let mut bytes = std::fs::read(&seg)?;
+    let at = 60 + bytes[60..].windows(2).position(|w| w == b"up").unwrap();
+    bytes[at] = b'd';
+    bytes[at + 1] = b'n';
+    let payload_len = u32::from_le_bytes(bytes[60..64].try_into()?) as usize;
+    let crc = crc32(&bytes[68..68 + payload_len]);
+    bytes[64..68].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&seg, &bytes)?;
+    let err = DurableBox::<String, String>::builder(&module, &store, "b")
+        .verify(true)
+        .open(|_, _| {})
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Durable(DurableError::Diverged { seq: 2 })),
+        "{err}"
+    );
+    Ok(())
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    // CRC-32 (IEEE), bitwise: the tests need no crate for it.
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn accept_failures_by_deadline_are_journaled_and_not_rerun() -> Result<()> {
+    let module = WasmBoxModule::from_file(guest("faults"))?;
+    let dir = tempfile::tempdir()?;
+    let store = BoxStore::open_dir(dir.path())?;
+    let limits = Limits {
+        deadline_per_message: Some(std::time::Duration::from_millis(100)),
+        ..Limits::default()
+    };
+    let mut a = DurableBox::<String, String>::builder(&module, &store, "b")
+        .checkpoint_every(0)
+        .configure(|b| b.limits(limits))
+        .open(|_, _| {})?;
+    a.message("up")?;
+    let err = a.message("loop").unwrap_err();
+    assert!(matches!(err, Error::LimitExceeded { .. }), "{err}");
+    a.message("up")?;
+    drop(a);
+    // Replay would loop forever without the journaled failure (replays have no deadline).
+    let mut b = DurableBox::<String, String>::builder(&module, &store, "b")
+        .configure(|b| b.limits(limits))
+        .open(|_, _| {})?;
+    assert_eq!(b.last_seq(), 3);
+    let (expected, _) = straight::<String, String>(&module, &strings(&["up", "up"]))?;
+    let got = b.snapshot_state()?;
+    assert!(got.memory == expected.memory && got.globals == expected.globals);
+    Ok(())
+}
