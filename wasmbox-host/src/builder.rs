@@ -220,6 +220,19 @@ impl<In, Out: DeserializeOwned> WasmBoxBuilder<In, Out> {
         self.restored(Source::Snapshot(&view), Box::new(callback))
     }
 
+    /// Creates the box from a snapshot file's bytes, restoring straight from them.
+    pub(crate) fn restore_from_bytes<F>(
+        self,
+        bytes: &[u8],
+        callback: F,
+    ) -> Result<WasmBoxHost<In, Out>, Error>
+    where
+        F: FnMut(Out) + Send + 'static,
+    {
+        let view = file::decode_view(bytes, self.options.snapshot_key.as_ref())?;
+        self.restored(Source::Snapshot(&view), Box::new(callback))
+    }
+
     fn restored(
         self,
         source: Source<'_, '_>,

@@ -31,7 +31,7 @@
 //!    the live memory; [`WasmBoxHost::snapshot_state`], [`WasmBoxHost::snapshot_into`],
 //!    [`WasmBoxHost::snapshot_to_file`] and [`WasmBoxHost::fork`] copy or stream that view.
 //!    **Deltas** (`delta.rs`): [`WasmBoxHost::snapshot_delta`] reads only the 4 KiB blocks the
-//!    change tracker (`tracking.rs`; the kernel's write tracking in `uffd.rs`, or hashes)
+//!    change tracker (`tracking.rs`; the kernel's write tracking in `sys.rs`, or hashes)
 //!    reports written since the last capture; [`Snapshot::apply`] rolls a snapshot forward by
 //!    one. `rollback_on_trap` (`rollback.rs`) uses the same tracker to undo a failed message
 //!    in place.
@@ -79,10 +79,10 @@ mod restore;
 mod rollback;
 mod sandbox;
 pub mod snapshot;
+#[cfg(target_os = "linux")]
+mod sys;
 mod template;
 mod tracking;
-#[cfg(target_os = "linux")]
-mod uffd;
 
 pub use builder::WasmBoxBuilder;
 pub use delta::{SnapshotDelta, ZeroRange};
@@ -124,7 +124,7 @@ pub struct WasmBoxHost<In = String, Out = String> {
     poisoned: Option<String>,
     /// Reused buffer for encoding inputs.
     scratch: Vec<u8>,
-    /// Replaying a journal (`durable`): no wall-clock deadline, which a replay must not hit
+    /// Replaying a journal (`durable`): ten times the deadline, which a replay must not hit
     /// where the original run did not.
     replaying: bool,
     _input: PhantomData<fn(&In)>,

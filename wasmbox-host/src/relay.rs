@@ -73,8 +73,14 @@ impl<In, Out: DeserializeOwned> WasmBoxHost<In, Out> {
         let _ = live
             .store
             .set_fuel(limits.fuel_per_message.unwrap_or(u64::MAX));
+        // A replay (`durable`) gets ten times the deadline: a message that once succeeded must
+        // not fail on a slower moment, while one that loops still ends.
         let deadline = if self.replaying {
-            Limits::unlimited().deadline_ticks()
+            Limits {
+                deadline_per_message: limits.deadline_per_message.map(|d| d.saturating_mul(10)),
+                ..limits
+            }
+            .deadline_ticks()
         } else {
             limits.deadline_ticks()
         };

@@ -3,7 +3,7 @@
 //!
 //! Two methods give the same answers (the kernel's may include a block written back with the
 //! same bytes; neither ever misses a changed block):
-//! - [`ChangeTracking::Kernel`]: userfaultfd write-protection and `PAGEMAP_SCAN` (`uffd.rs`),
+//! - [`ChangeTracking::Kernel`]: userfaultfd write-protection and `PAGEMAP_SCAN` (`sys.rs`),
 //!   Linux ≥ 6.7: a scan costs ~0.1 ms per 256 MiB plus the pages written.
 //! - [`ChangeTracking::Hash`]: an xxh3 hash per block, compared with the one recorded at the
 //!   previous scan; works everywhere, costs a pass over memory at near memory bandwidth.
@@ -126,7 +126,7 @@ impl Blocks {
 enum Method {
     #[cfg(target_os = "linux")]
     Kernel {
-        kernel: &'static crate::uffd::Kernel,
+        kernel: &'static crate::sys::Kernel,
         /// The tracked range `(base address, length)`, once armed.
         range: Option<(usize, usize)>,
     },
@@ -160,7 +160,7 @@ impl Tracker {
         let method = match requested {
             ChangeTracking::Hash => hash,
             #[cfg(target_os = "linux")]
-            ChangeTracking::Auto | ChangeTracking::Kernel => match crate::uffd::kernel() {
+            ChangeTracking::Auto | ChangeTracking::Kernel => match crate::sys::kernel() {
                 Ok(kernel) => Method::Kernel {
                     kernel,
                     range: None,

@@ -334,17 +334,29 @@ fn accept_retention_deletes_old_checkpoints_and_journal() -> Result<()> {
         .checkpoint_every(2)
         .keep_checkpoints(2)
         .open(|_, _| {})?;
-    for _ in 0..60 {
+    // Enough checkpoints for the deltas to outgrow half the memory: then a full one.
+    let n = 600;
+    for _ in 0..n {
         b.message("up")?;
     }
     let names: Vec<String> = files(dir.path()).into_iter().map(|(n, _)| n).collect();
-    let checkpoints = names
+    let checkpoints: Vec<&String> = names
         .iter()
         .filter(|n| n.starts_with("checkpoint-"))
-        .count();
+        .collect();
     let segments = names.iter().filter(|n| n.ends_with(".wbj")).count();
-    // A full snapshot every 16 checkpoints: at most the chain back to it is kept.
-    assert!(checkpoints <= 17, "{names:?}");
+    // Kept: the two newest checkpoints and the chain back to the full snapshot they need;
+    // gone: everything older, and the journal before the oldest kept.
+    assert!(checkpoints[0].ends_with(".snap"), "{names:?}");
+    assert!(
+        !names.contains(&"checkpoint-00000000000000000000.snap".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        checkpoints.len() < n / 2,
+        "{} checkpoints kept",
+        checkpoints.len()
+    );
     assert_eq!(segments, 2, "{names:?}");
     assert!(matches!(
         b.snapshot_at(10),
@@ -352,7 +364,7 @@ fn accept_retention_deletes_old_checkpoints_and_journal() -> Result<()> {
     ));
     drop(b);
     let (mut c, _) = open::<String, String>(&module, &store, 2)?;
-    let (expected, _) = straight::<String, String>(&module, &strings(&["up"; 60]))?;
+    let (expected, _) = straight::<String, String>(&module, &vec!["up".to_string(); n])?;
     same(&c.snapshot_state()?, &expected, "after retention");
     Ok(())
 }
@@ -428,13 +440,130 @@ fn accept_failures_by_deadline_are_journaled_and_not_rerun() -> Result<()> {
     assert!(matches!(err, Error::LimitExceeded { .. }), "{err}");
     a.message("up")?;
     drop(a);
-    // Replay would loop forever without the journaled failure (replays have no deadline).
-    let mut b = DurableBox::<String, String>::builder(&module, &store, "b")
-        .configure(|b| b.limits(limits))
-        .open(|_, _| {})?;
+    // Without the journaled failure, the replay would run the loop again (for ten times the
+    // deadline) and report it in the notes: open in a thread, and give up after a minute.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (m, st) = (module.clone(), store.clone());
+    std::thread::spawn(move || {
+        let opened = DurableBox::<String, String>::builder(&m, &st, "b")
+            .configure(|b| b.limits(limits))
+            .open(|_, _| {});
+        let _ = tx.send(opened);
+    });
+    let mut b = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("recovery re-ran the message that failed by its deadline")?;
     assert_eq!(b.last_seq(), 3);
+    assert!(b.recovery().notes.is_empty(), "{:?}", b.recovery().notes);
     let (expected, _) = straight::<String, String>(&module, &strings(&["up", "up"]))?;
     let got = b.snapshot_state()?;
     assert!(got.memory == expected.memory && got.globals == expected.globals);
+    Ok(())
+}
+
+#[test]
+fn reject_a_journal_with_a_missing_segment() -> Result<()> {
+    let module = counter()?;
+    let dir = tempfile::tempdir()?;
+    let store = BoxStore::open_dir(dir.path())?;
+    let mut a = DurableBox::<String, String>::builder(&module, &store, "b")
+        .checkpoint_every(2)
+        .keep_checkpoints(3)
+        .open(|_, _| {})?;
+    for _ in 0..5 {
+        a.message("up")?;
+    }
+    drop(a);
+    // Recovery must go back to checkpoint 2 (4 is damaged), and the journal after 2 is gone:
+    // replaying the segment after 4 onto the state at 2 would be silently wrong.
+    let newest = dir.path().join("b/checkpoint-00000000000000000004.delta");
+    std::fs::write(&newest, b"damaged")?;
+    std::fs::remove_file(dir.path().join("b/journal-00000000000000000002.wbj"))?;
+    let err = open::<String, String>(&module, &store, 2).unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_ref::<Error>(),
+            Some(Error::Durable(DurableError::Corrupt { .. }))
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("journal-00000000000000000004.wbj"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn accept_sync_boxes_of_one_store_on_many_threads() -> Result<()> {
+    let module = counter()?;
+    let dir = tempfile::tempdir()?;
+    let store = BoxStore::open_dir(dir.path())?;
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let (module, store) = (&module, &store);
+            s.spawn(move || {
+                let mut b =
+                    DurableBox::<String, String>::builder(module, store, &format!("box-{t}"))
+                        .durability(Durability::Sync)
+                        .checkpoint_every(7)
+                        .open(|_, _| {})
+                        .unwrap();
+                for _ in 0..20 + t {
+                    b.message("up").unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(store.list()?.len(), 8);
+    for t in 0..8 {
+        let mut b = DurableBox::<String, String>::builder(&module, &store, &format!("box-{t}"))
+            .open(|_, _| {})?;
+        let (expected, _) = straight::<String, String>(&module, &vec!["up".to_string(); 20 + t])?;
+        same(&b.snapshot_state()?, &expected, &format!("box {t}"));
+    }
+    Ok(())
+}
+
+#[test]
+fn accept_a_failure_whose_record_was_lost_is_skipped_on_replay() -> Result<()> {
+    let module = WasmBoxModule::from_file(guest("faults"))?;
+    let dir = tempfile::tempdir()?;
+    let store = BoxStore::open_dir(dir.path())?;
+    let (mut a, _) = open::<String, String>(&module, &store, 0)?;
+    a.message("up")?;
+    assert!(a.message("panic").is_err());
+    a.message("up")?;
+    drop(a);
+    // Cut the `Failed` record of message 2 out, as if the crash had come before it.
+    let seg = current_segment(dir.path());
+    let bytes = std::fs::read(&seg)?;
+    let mut records = Vec::new();
+    let mut at = 60;
+    while at < bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into()?) as usize;
+        records.push(bytes[at..at + 8 + len].to_vec());
+        at += 8 + len;
+    }
+    assert_eq!(records.len(), 4, "up, panic, its failure, up");
+    let mut cut = bytes[..60].to_vec();
+    for (i, r) in records.iter().enumerate() {
+        if i != 2 {
+            cut.extend_from_slice(r);
+        }
+    }
+    std::fs::write(&seg, &cut)?;
+    let (mut b, _) = open::<String, String>(&module, &store, 0)?;
+    assert!(
+        b.recovery().notes[0].contains("message 2 failed again"),
+        "{:?}",
+        b.recovery()
+    );
+    let (expected, _) = straight::<String, String>(&module, &strings(&["up", "up"]))?;
+    same(
+        &b.snapshot_state()?,
+        &expected,
+        "the failed message skipped",
+    );
     Ok(())
 }

@@ -2,7 +2,8 @@
 //!
 //! A [`DurableBox`] writes each input — and each clock change — to an append-only journal
 //! before running it, and from time to time a checkpoint (a delta of the box's state, or a full
-//! snapshot every [`FULL_EVERY`] checkpoints). Opening a box after a crash loads the latest
+//! snapshot when the deltas since the last one hold half the
+//! memory, or every [`FULL_EVERY`] checkpoints). Opening a box after a crash loads the latest
 //! checkpoint and replays the journal after it. A box is deterministic, so the state reached
 //! is exactly the one it had: a full snapshot taken after recovery equals, byte for byte, the
 //! one a box that never crashed would give.
@@ -44,9 +45,10 @@ use std::borrow::Borrow;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-/// Every this many checkpoints, one is a full snapshot instead of a delta, so that recovery
-/// applies at most this many deltas.
-pub const FULL_EVERY: usize = 16;
+/// At most this many delta checkpoints follow a full one. A full one comes sooner once the
+/// deltas since the last hold half of the box's memory: recovery then reads at most about 1.5
+/// memories, and a large box that writes little rarely pays for a full snapshot.
+pub const FULL_EVERY: usize = 1024;
 
 /// When a journal record is safe.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -200,21 +202,14 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBuilder<In, Out> {
         store::check_name(&name)?;
         let backend = Arc::clone(&settings.store.backend);
         let lock = backend.lock(&name)?;
-        let host = host.rollback_on_trap(true);
+        // No `rollback_on_trap`: a failed message is undone by rebuilding the box from its
+        // checkpoint and journal (see `DurableBox::message`), so that messages that succeed
+        // pay nothing for it.
         let module = host.module().clone();
         let fingerprint = module.fingerprint();
         let key = host.key().cloned();
         let (checkpoints, segments) = list(&*backend, &name)?;
         let outputs: Arc<Mutex<Vec<Out>>> = Arc::default();
-        let sink = {
-            let outputs = Arc::clone(&outputs);
-            move |out| {
-                outputs
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(out)
-            }
-        };
         let mut recovery = Recovery::default();
         let mut durable = if checkpoints.is_empty() {
             if let Some(first) = segments.first() {
@@ -224,7 +219,7 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBuilder<In, Out> {
                     "a journal without a checkpoint",
                 ));
             }
-            let mut inner = host.clone().build(sink)?;
+            let mut inner = host.clone().build(sink(&outputs))?;
             let snapshot = inner.snapshot_state()?;
             let first = Checkpoint { seq: 0, full: true };
             backend.write(
@@ -255,11 +250,11 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBuilder<In, Out> {
                 key: key.as_ref(),
                 fingerprint: &fingerprint,
             };
-            let (from, snapshot, notes) = place.materialize(&checkpoints, u64::MAX)?;
-            recovery.notes = notes;
+            let rebuilt =
+                place.rebuild(&host, &checkpoints, &segments, u64::MAX, || sink(&outputs))?;
+            let (inner, from, replayed) = (rebuilt.inner, rebuilt.from, rebuilt.replayed);
+            recovery.notes = rebuilt.notes;
             recovery.checkpoint = from;
-            let mut inner = host.clone().restore(&snapshot, sink)?;
-            let replayed = place.replay(&mut inner, &segments, from, u64::MAX)?;
             recovery.replayed = replayed.events;
             recovery.torn_tail = replayed.torn.clone();
             let latest = checkpoints.last().map_or(0, |c| c.seq);
@@ -358,6 +353,8 @@ pub struct DurableBox<In, Out> {
     recovery: Recovery,
     /// Why the box stopped taking messages (a journal write failed), if it did.
     stopped: Option<String>,
+    /// Bytes of delta checkpoints written since the last full one (since the box was opened).
+    delta_bytes_since_full: u64,
 }
 
 impl<In, Out> std::fmt::Debug for DurableBox<In, Out> {
@@ -368,6 +365,14 @@ impl<In, Out> std::fmt::Debug for DurableBox<In, Out> {
             .field("checkpoints", &self.checkpoints)
             .field("stopped", &self.stopped)
             .finish_non_exhaustive()
+    }
+}
+
+impl<In, Out> Drop for DurableBox<In, Out> {
+    fn drop(&mut self) {
+        if self.durability == Durability::Sync {
+            self.store.group.leave();
+        }
     }
 }
 
@@ -405,6 +410,9 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
         key: Option<SnapshotKey>,
         recovery: Recovery,
     ) -> Self {
+        if b.durability == Durability::Sync {
+            b.store.group.join();
+        }
         DurableBox {
             inner,
             host,
@@ -428,6 +436,7 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
             key,
             recovery,
             stopped: None,
+            delta_bytes_since_full: 0,
         }
     }
 
@@ -464,15 +473,46 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
             unreachable!("built above")
         };
         self.next_seq += 1;
-        let before = self.inner.state_id();
         let result = self.inner.message_encoded(&bytes);
         self.input = bytes;
-        if result.is_err() && self.inner.state_id() == before {
+        if result.is_err() && self.inner.poisoned().is_some() {
+            // Undo it: journal the failure, then rebuild the box from its checkpoint and the
+            // journal, which now skips this message.
             self.append(&Record::Failed { seq }, self.durability == Durability::Sync)?;
+            if let Err(e) = self.rebuild_inner() {
+                self.stopped = Some(format!("rebuilding after a failed message failed: {e}"));
+                return Err(e);
+            }
         }
         self.deliver(seq);
         self.after_event()?;
         result.map(|()| seq)
+    }
+
+    /// Replaces the box by one rebuilt from its latest checkpoint and journal.
+    fn rebuild_inner(&mut self) -> Result<(), Error> {
+        let backend = Arc::clone(&self.store.backend);
+        let fingerprint = self.inner.module().fingerprint();
+        let place = Place {
+            backend: &*backend,
+            name: &self.name,
+            key: self.key.as_ref(),
+            fingerprint: &fingerprint,
+        };
+        let outputs = Arc::clone(&self.outputs);
+        let rebuilt = place.rebuild(
+            &self.host,
+            &self.checkpoints,
+            &self.segments,
+            u64::MAX,
+            || sink(&outputs),
+        )?;
+        self.inner = rebuilt.inner;
+        self.outputs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        Ok(())
     }
 
     /// Sets the box's clock (journaled); returns the event's sequence number.
@@ -511,7 +551,7 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
     }
 
     /// Writes a checkpoint now (a delta of what changed since the last one, or a full
-    /// snapshot every [`FULL_EVERY`]), starts a new journal segment and applies retention.
+    /// snapshot when due: see [`FULL_EVERY`]), starts a new journal segment and applies retention.
     ///
     /// # Errors
     /// I/O errors (the box then stops taking messages).
@@ -526,7 +566,11 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
             .rev()
             .take_while(|c| !c.full)
             .count();
-        let result = self.write_checkpoint(since_full + 1 >= FULL_EVERY);
+        // A full snapshot once the deltas since the last one hold half the memory, or are
+        // many: recovery then reads at most about 1.5 memories and applies few deltas.
+        let full = since_full + 1 >= FULL_EVERY
+            || self.delta_bytes_since_full >= self.inner.memory_size() / 2;
+        let result = self.write_checkpoint(full);
         if let Err(e) = &result {
             self.stopped = Some(format!("a checkpoint failed: {e}"));
         }
@@ -535,13 +579,24 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
 
     fn write_checkpoint(&mut self, full: bool) -> Result<(), Error> {
         let seq = self.next_seq - 1;
-        let checkpoint = Checkpoint { seq, full };
+        let mut checkpoint = Checkpoint { seq, full };
         let bytes = if full {
             let snapshot = self.inner.snapshot_state()?;
+            self.delta_bytes_since_full = 0;
             crate::file::encode_file_keyed(&snapshot, self.key.as_ref())
         } else {
             let delta = self.inner.snapshot_delta()?;
-            crate::file::encode_delta_file(&delta, self.key.as_ref())
+            if delta.stored_bytes() >= self.inner.memory_size() / 2 {
+                // As big as a full snapshot: write that instead (the same state, the same id).
+                self.delta_bytes_since_full = 0;
+                checkpoint.full = true;
+                let snapshot = self.inner.snapshot_state()?;
+                crate::file::encode_file_keyed(&snapshot, self.key.as_ref())
+            } else {
+                let bytes = crate::file::encode_delta_file(&delta, self.key.as_ref());
+                self.delta_bytes_since_full += bytes.len() as u64;
+                bytes
+            }
         };
         let backend = Arc::clone(&self.store.backend);
         backend.write(&self.name, &checkpoint.object(), &bytes)?;
@@ -611,10 +666,10 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
             key: self.key.as_ref(),
             fingerprint: &fingerprint,
         };
-        let (from, snapshot, _) = place.materialize(&self.checkpoints, seq)?;
-        let mut past = self.host.clone().restore(&snapshot, |_| {})?;
-        place.replay(&mut past, &self.segments, from, seq)?;
-        past.capture_state()
+        let mut past = place.rebuild(&self.host, &self.checkpoints, &self.segments, seq, || {
+            Box::new(|_| {})
+        })?;
+        past.inner.capture_state()
     }
 
     /// What opening the box found and did.
@@ -648,10 +703,16 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
 
     fn append(&mut self, record: &Record, sync: bool) -> Result<(), Error> {
         journal::frame(record, &mut self.frame);
-        let result = self
-            .journal
-            .append(&self.frame)
-            .and_then(|()| if sync { self.journal.sync() } else { Ok(()) });
+        let store = &self.store;
+        let journal = &mut self.journal;
+        let result = journal.append(&self.frame).and_then(|()| {
+            if sync {
+                // Group commit with the store's other boxes.
+                store.group.commit(&*store.backend, &mut **journal)
+            } else {
+                Ok(())
+            }
+        });
         match result {
             Ok(()) => {
                 self.journal_len += self.frame.len() as u64;
@@ -729,6 +790,46 @@ struct Place<'a> {
     fingerprint: &'a [u8; 32],
 }
 
+/// A materialised checkpoint: a full snapshot file as read (restored straight from its bytes),
+/// or a snapshot rolled forward by deltas.
+enum Base {
+    File(Vec<u8>),
+    Owned(Box<Snapshot>),
+}
+
+/// A box rebuilt from a checkpoint and the journal after it.
+struct Rebuilt<In, Out> {
+    inner: WasmBoxHost<In, Out>,
+    /// The checkpoint it started from.
+    from: u64,
+    replayed: Replayed,
+    notes: Vec<String>,
+}
+
+/// Why a replay stopped.
+enum Stop {
+    /// The message `seq` failed again (its failure was not journaled: a crash came first).
+    Failed(u64),
+    Error(Error),
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Stop {
+        Stop::Error(e)
+    }
+}
+
+/// A callback that collects outputs into `outputs`.
+fn sink<Out: Send + 'static>(outputs: &Arc<Mutex<Vec<Out>>>) -> Box<dyn FnMut(Out) + Send> {
+    let outputs = Arc::clone(outputs);
+    Box::new(move |out| {
+        outputs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(out);
+    })
+}
+
 struct Replayed {
     last_seq: u64,
     events: u64,
@@ -745,7 +846,7 @@ impl Place<'_> {
         &self,
         checkpoints: &[Checkpoint],
         until: u64,
-    ) -> Result<(u64, Snapshot, Vec<String>), Error> {
+    ) -> Result<(u64, Base, Vec<String>), Error> {
         let usable: Vec<Checkpoint> = checkpoints
             .iter()
             .copied()
@@ -755,27 +856,38 @@ impl Place<'_> {
         let mut last_error = None;
         for (i, full) in usable.iter().enumerate().rev().filter(|(_, c)| c.full) {
             let object = full.object();
-            let mut snapshot = match self
-                .backend
-                .read(self.name, &object)
-                .and_then(|b| decode_file_keyed(&b, self.key).map_err(Error::from))
-            {
-                Ok(s) => s,
+            // Checked (header, checksum, MAC, decoding) without copying the memory.
+            let read = self.backend.read(self.name, &object).and_then(|bytes| {
+                let fingerprint = crate::file::decode_view(&bytes, self.key)?.module_fingerprint;
+                Ok((bytes, fingerprint))
+            });
+            let (bytes, fingerprint) = match read {
+                Ok(r) => r,
                 Err(e) => {
                     notes.push(format!("{object} cannot be used ({e})"));
                     last_error = Some(corrupt(&object, 0, &e.to_string()));
                     continue;
                 }
             };
-            if snapshot.module_fingerprint != *self.fingerprint {
+            if fingerprint != *self.fingerprint {
                 return Err(Error::Durable(DurableError::WrongModule {
                     file: object,
                     expected: crate::snapshot::hex(self.fingerprint),
-                    found: crate::snapshot::hex(&snapshot.module_fingerprint),
+                    found: crate::snapshot::hex(&fingerprint),
                 }));
             }
+            let deltas: Vec<Checkpoint> = usable[i + 1..]
+                .iter()
+                .copied()
+                .filter(|c| !c.full)
+                .collect();
+            if deltas.is_empty() {
+                return Ok((full.seq, Base::File(bytes), notes));
+            }
+            let mut snapshot = decode_file_keyed(&bytes, self.key)?;
+            drop(bytes);
             let mut at = full.seq;
-            for delta in usable[i + 1..].iter().filter(|c| !c.full) {
+            for delta in &deltas {
                 let object = delta.object();
                 let applied = self
                     .backend
@@ -788,7 +900,7 @@ impl Place<'_> {
                 }
                 at = delta.seq;
             }
-            return Ok((at, snapshot, notes));
+            return Ok((at, Base::Owned(Box::new(snapshot)), notes));
         }
         Err(last_error.unwrap_or_else(|| {
             corrupt(
@@ -799,14 +911,54 @@ impl Place<'_> {
         }))
     }
 
-    /// Replays the journal after checkpoint `from`, up to event `until`, into `inner`.
+    /// A box rebuilt from the newest usable checkpoint at or before `until` and the journal
+    /// after it, up to event `until`. A message that fails again in the replay (a crash came
+    /// before its failure was journaled) is skipped, as it was undone when it failed.
+    fn rebuild<In, Out: DeserializeOwned + Send + 'static>(
+        &self,
+        host: &WasmBoxBuilder<In, Out>,
+        checkpoints: &[Checkpoint],
+        segments: &[u64],
+        until: u64,
+        callback: impl Fn() -> Box<dyn FnMut(Out) + Send>,
+    ) -> Result<Rebuilt<In, Out>, Error> {
+        let (from, base, mut notes) = self.materialize(checkpoints, until)?;
+        let mut skip = std::collections::BTreeSet::new();
+        loop {
+            let mut inner = match &base {
+                Base::File(bytes) => host.clone().restore_from_bytes(bytes, callback())?,
+                Base::Owned(snapshot) => host.clone().restore(snapshot, callback())?,
+            };
+            match self.replay(&mut inner, segments, from, until, &skip) {
+                Ok(replayed) => {
+                    return Ok(Rebuilt {
+                        inner,
+                        from,
+                        replayed,
+                        notes,
+                    });
+                }
+                Err(Stop::Failed(seq)) => {
+                    notes.push(format!(
+                        "message {seq} failed again in the replay (its failure was not journaled): skipped"
+                    ));
+                    skip.insert(seq);
+                }
+                Err(Stop::Error(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Replays the journal after checkpoint `from`, up to event `until`, into `inner`,
+    /// skipping the messages in `skip`.
     fn replay<In, Out: DeserializeOwned>(
         &self,
         inner: &mut WasmBoxHost<In, Out>,
         segments: &[u64],
         from: u64,
         until: u64,
-    ) -> Result<Replayed, Error> {
+        skip: &std::collections::BTreeSet<u64>,
+    ) -> Result<Replayed, Stop> {
         let mut done = Replayed {
             last_seq: from,
             events: 0,
@@ -815,28 +967,28 @@ impl Place<'_> {
         };
         let starts: Vec<u64> = segments.iter().copied().filter(|&s| s >= from).collect();
         inner.replaying = true;
-        let result = (|| {
+        let result = (|| -> Result<(), Stop> {
             for (i, &start) in starts.iter().enumerate() {
                 let object = segment_object(start);
                 if start != done.last_seq {
-                    return Err(corrupt(
+                    return Err(Stop::Error(corrupt(
                         &object,
                         0,
                         &format!(
                             "the segment starts after event {start}, but the journal before it ends at {}",
                             done.last_seq
                         ),
-                    ));
+                    )));
                 }
                 let bytes = self.backend.read(self.name, &object)?;
                 let segment = journal::parse(&object, &bytes, self.fingerprint, start)?;
                 if let Some((offset, len)) = segment.torn {
                     if i + 1 != starts.len() {
-                        return Err(corrupt(
+                        return Err(Stop::Error(corrupt(
                             &object,
                             offset,
                             "a record is cut short in the middle of the journal",
-                        ));
+                        )));
                     }
                     done.torn = Some((object.clone(), offset, len));
                 }
@@ -850,10 +1002,11 @@ impl Place<'_> {
                         Record::Message { seq, input } => {
                             let failed = matches!(records.get(k + 1), Some((_, Record::Failed { seq: s })) if s == seq);
                             if !failed
-                                && let Err(e) = inner.message_encoded(input)
+                                && !skip.contains(seq)
+                                && inner.message_encoded(input).is_err()
                                 && inner.poisoned().is_some()
                             {
-                                return Err(e);
+                                return Err(Stop::Failed(*seq));
                             }
                             done.last_seq = *seq;
                         }
@@ -887,13 +1040,21 @@ impl Place<'_> {
             return Ok(None);
         };
         let (latest_at, expected, _) = self.materialize(checkpoints, latest.seq)?;
+        let expected = match expected {
+            Base::File(bytes) => decode_file_keyed(&bytes, self.key)?,
+            Base::Owned(snapshot) => *snapshot,
+        };
         if latest_at == 0 || latest_at != latest.seq {
             return Ok(None);
         }
-        let (from, start, _) = self.materialize(checkpoints, latest_at - 1)?;
-        let mut past = host.clone().restore(&start, |_| {})?;
-        self.replay(&mut past, segments, from, latest_at)?;
-        if past.capture_state()? != expected {
+        let mut past = self.rebuild(
+            host,
+            &checkpoints[..checkpoints.len() - 1],
+            segments,
+            latest_at,
+            || Box::new(|_| {}),
+        )?;
+        if past.inner.capture_state()? != expected {
             return Err(Error::Durable(DurableError::Diverged { seq: latest_at }));
         }
         Ok(Some(latest_at))

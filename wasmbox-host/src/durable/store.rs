@@ -6,10 +6,11 @@
 //! segments (`journal-<seq>.wbj`, appended to) and, in a directory, a lock file.
 
 use crate::error::{DurableError, Error};
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 /// Storage for durable boxes. Implementations must make [`Backend::write`] atomic and durable
 /// (the object holds either its old content or the new, after a crash), and make
@@ -55,6 +56,18 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// I/O errors.
     fn append(&self, name: &str, object: &str, keep: u64) -> Result<Box<dyn Appender>, Error>;
+    /// Whether [`Backend::sync_all`] works: then boxes of the store that need their journals
+    /// on disk at the same time share one call (group commit).
+    fn can_sync_all(&self) -> bool {
+        false
+    }
+    /// Makes every append to any of the store's objects so far durable, at once.
+    ///
+    /// # Errors
+    /// I/O errors.
+    fn sync_all(&self) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 /// An object being appended to: a journal segment.
@@ -76,6 +89,7 @@ pub trait Appender: Send + std::fmt::Debug {
 #[derive(Clone, Debug)]
 pub struct BoxStore {
     pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) group: Arc<GroupCommit>,
 }
 
 impl BoxStore {
@@ -89,13 +103,15 @@ impl BoxStore {
             path: root.clone(),
             source,
         })?;
-        Ok(BoxStore::with_backend(DirBackend { root }))
+        let dir = File::open(&root).map_err(io(&root))?;
+        Ok(BoxStore::with_backend(DirBackend { root, dir }))
     }
 
     /// A store over any backend.
     pub fn with_backend(backend: impl Backend + 'static) -> BoxStore {
         BoxStore {
             backend: Arc::new(backend),
+            group: Arc::default(),
         }
     }
 
@@ -140,6 +156,8 @@ pub(crate) fn check_name(name: &str) -> Result<(), Error> {
 #[derive(Debug)]
 struct DirBackend {
     root: PathBuf,
+    /// The root, open: `syncfs` on it flushes the file system that holds the store.
+    dir: File,
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
@@ -158,6 +176,16 @@ impl DirBackend {
 }
 
 impl Backend for DirBackend {
+    fn can_sync_all(&self) -> bool {
+        cfg!(target_os = "linux")
+    }
+
+    fn sync_all(&self) -> Result<(), Error> {
+        #[cfg(target_os = "linux")]
+        crate::sys::syncfs(&self.dir).map_err(io(&self.root))?;
+        Ok(())
+    }
+
     fn boxes(&self) -> Result<Vec<String>, Error> {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(&self.root).map_err(io(&self.root))? {
@@ -274,5 +302,237 @@ impl Appender for FileAppender {
 
     fn sync(&mut self) -> Result<(), Error> {
         self.file.sync_data().map_err(io(&self.path))
+    }
+}
+
+/// Group commit: the boxes of one store that need their journals on disk at the same time
+/// share one flush. The first to ask becomes the leader; when other `Sync` boxes are open it
+/// waits a moment (half the last flush's time, at most 1 ms) for them to ask too, then flushes
+/// — its own segment if it is alone, the whole store with [`Backend::sync_all`] if others
+/// wait — while those who ask during that flush wait for the next, which covers them all.
+#[derive(Debug, Default)]
+pub(crate) struct GroupCommit {
+    state: Mutex<CommitState>,
+    done: Condvar,
+    arrived: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct CommitState {
+    /// Flushes started and finished, numbered from 1.
+    started: u64,
+    finished: u64,
+    flushing: bool,
+    /// Callers waiting for a flush.
+    waiting: usize,
+    /// Recent flushes that failed, with the error.
+    failed: HashMap<u64, String>,
+    /// `Sync` boxes open on the store.
+    writers: usize,
+    /// How long the last flush took.
+    last_flush: std::time::Duration,
+}
+
+impl GroupCommit {
+    fn lock(&self) -> MutexGuard<'_, CommitState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A `Sync` box opened on the store.
+    pub(crate) fn join(&self) {
+        self.lock().writers += 1;
+    }
+
+    /// A `Sync` box closed.
+    pub(crate) fn leave(&self) {
+        let mut st = self.lock();
+        st.writers = st.writers.saturating_sub(1);
+        drop(st);
+        self.arrived.notify_all();
+    }
+
+    /// Returns once everything `own` received before this call is durable.
+    ///
+    /// # Errors
+    /// The error of the flush that covered this call.
+    pub(crate) fn commit(
+        &self,
+        backend: &dyn Backend,
+        own: &mut dyn Appender,
+    ) -> Result<(), Error> {
+        if !backend.can_sync_all() {
+            return own.sync();
+        }
+        let mut st = self.lock();
+        // The first flush that starts from now on covers what was appended before.
+        let need = st.started + 1;
+        st.waiting += 1;
+        self.arrived.notify_all();
+        loop {
+            if st.finished >= need {
+                st.waiting -= 1;
+                return match st.failed.get(&need) {
+                    Some(e) => Err(Error::Io {
+                        path: PathBuf::from("(group commit)"),
+                        source: std::io::Error::other(e.clone()),
+                    }),
+                    None => Ok(()),
+                };
+            }
+            if st.flushing {
+                st = self.done.wait(st).unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            st.flushing = true;
+            // Gather: the boxes that ask while the leader waits are covered by its flush.
+            if st.writers > 1 {
+                let wait = (st.last_flush / 2).clamp(
+                    std::time::Duration::from_micros(20),
+                    std::time::Duration::from_millis(1),
+                );
+                let until = std::time::Instant::now() + wait;
+                while st.waiting < st.writers {
+                    let now = std::time::Instant::now();
+                    if now >= until {
+                        break;
+                    }
+                    st = self
+                        .arrived
+                        .wait_timeout(st, until - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+            }
+            st.started += 1;
+            let flush = st.started;
+            let alone = st.waiting == 1;
+            drop(st);
+            let started = std::time::Instant::now();
+            let result = if alone {
+                own.sync()
+            } else {
+                backend.sync_all()
+            };
+            st = self.lock();
+            st.last_flush = started.elapsed();
+            st.flushing = false;
+            st.finished = flush;
+            if let Err(e) = result {
+                st.failed.insert(flush, e.to_string());
+            }
+            st.failed.retain(|&n, _| n + 1024 > flush);
+            self.done.notify_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A backend whose flushes take a while and count themselves.
+    #[derive(Debug, Default)]
+    struct Slow {
+        all: AtomicU64,
+        own: Arc<AtomicU64>,
+        /// The number of appends made durable: set to `appended` at each flush's start.
+        durable: Arc<AtomicU64>,
+        appended: Arc<AtomicU64>,
+    }
+
+    #[derive(Debug)]
+    struct SlowAppender {
+        own: Arc<AtomicU64>,
+        durable: Arc<AtomicU64>,
+        appended: Arc<AtomicU64>,
+    }
+
+    fn flush(durable: &AtomicU64, appended: &AtomicU64) {
+        let upto = appended.load(Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        durable.fetch_max(upto, Ordering::SeqCst);
+    }
+
+    impl Appender for SlowAppender {
+        fn append(&mut self, _: &[u8]) -> Result<(), Error> {
+            self.appended.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn sync(&mut self) -> Result<(), Error> {
+            self.own.fetch_add(1, Ordering::SeqCst);
+            // Only this appender's data, but the test has each thread check its own append.
+            flush(&self.durable, &self.appended);
+            Ok(())
+        }
+    }
+
+    impl Backend for Slow {
+        fn boxes(&self) -> Result<Vec<String>, Error> {
+            Ok(Vec::new())
+        }
+        fn objects(&self, _: &str) -> Result<Vec<String>, Error> {
+            Ok(Vec::new())
+        }
+        fn read(&self, _: &str, _: &str) -> Result<Vec<u8>, Error> {
+            Ok(Vec::new())
+        }
+        fn write(&self, _: &str, _: &str, _: &[u8]) -> Result<(), Error> {
+            Ok(())
+        }
+        fn remove(&self, _: &str, _: &str) -> Result<(), Error> {
+            Ok(())
+        }
+        fn delete(&self, _: &str) -> Result<(), Error> {
+            Ok(())
+        }
+        fn lock(&self, _: &str) -> Result<Box<dyn std::any::Any + Send>, Error> {
+            Ok(Box::new(()))
+        }
+        fn append(&self, _: &str, _: &str, _: u64) -> Result<Box<dyn Appender>, Error> {
+            Ok(Box::new(SlowAppender {
+                own: Arc::clone(&self.own),
+                durable: Arc::clone(&self.durable),
+                appended: Arc::clone(&self.appended),
+            }))
+        }
+        fn can_sync_all(&self) -> bool {
+            true
+        }
+        fn sync_all(&self) -> Result<(), Error> {
+            self.all.fetch_add(1, Ordering::SeqCst);
+            flush(&self.durable, &self.appended);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn accept_group_commit_shares_flushes_and_never_returns_early() {
+        let backend = Arc::new(Slow::default());
+        let group = Arc::new(GroupCommit::default());
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let backend = Arc::clone(&backend);
+                let group = Arc::clone(&group);
+                std::thread::spawn(move || {
+                    group.join();
+                    let mut journal = backend.append("b", "j", 0).unwrap();
+                    for _ in 0..20 {
+                        journal.append(b"x").unwrap();
+                        // Our append is number `mine` or lower.
+                        let mine = backend.appended.load(Ordering::SeqCst);
+                        group.commit(&*backend, &mut *journal).unwrap();
+                        assert!(backend.durable.load(Ordering::SeqCst) >= mine);
+                    }
+                    group.leave();
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let flushes = backend.all.load(Ordering::SeqCst) + backend.own.load(Ordering::SeqCst);
+        assert!(flushes < 16 * 20 / 4, "{flushes} flushes for 320 commits");
+        assert!(backend.all.load(Ordering::SeqCst) > 0);
     }
 }
