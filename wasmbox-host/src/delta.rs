@@ -1,21 +1,19 @@
 //! Deltas: what changed in a box since its last snapshot, and how a full snapshot rolls forward
 //! by one.
 //!
-//! A [`SnapshotDelta`] holds the 4 KiB blocks the change tracker (`tracking.rs`) reports as
-//! possibly written since the box's last capture or restore — written blocks as runs of bytes,
-//! blocks that became zero as ranges — with the memory's new size and the complete small state
-//! (globals, clock, generator). It names the [`SnapshotId`] it continues, and
+//! A [`SnapshotDelta`] (taken by `capture::capture_delta`) holds the 4 KiB blocks the change
+//! tracker (`tracking.rs`) reports as possibly written since the box's last capture or restore
+//! — written blocks as runs of bytes, blocks that became zero as ranges — with the memory's
+//! new size and the complete small state (globals, clock, generator). It names the [`SnapshotId`] it continues, and
 //! [`Snapshot::apply`] refuses it on any other snapshot, so a chain base + d1 + … + dn compacts
 //! into one full snapshot equal, byte for byte, to the one the box would have given at dn.
 
 use crate::PAGE_SIZE;
-use crate::error::{Error, SnapshotError};
+use crate::error::SnapshotError;
 use crate::limits::Limits;
-use crate::live::Live;
-use crate::module::WasmBoxModule;
 use crate::sandbox::Clock;
 use crate::snapshot::{
-    FORMAT_VERSION, GlobalValue, MemoryChunk, Snapshot, SnapshotId, check_version, hex, is_zero,
+    GlobalValue, MemoryChunk, Snapshot, SnapshotId, check_version, hex, is_zero,
 };
 use crate::tracking::BLOCK;
 use rand_chacha::ChaCha20Rng;
@@ -28,7 +26,8 @@ use std::fmt;
 /// forward with [`Snapshot::apply`].
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotDelta {
-    /// Layout version ([`FORMAT_VERSION`] when taken by this library).
+    /// Layout version ([`FORMAT_VERSION`](crate::snapshot::FORMAT_VERSION) when taken by this
+    /// library).
     pub format_version: u32,
     /// The module's fingerprint, as in [`Snapshot::module_fingerprint`].
     pub module_fingerprint: [u8; 32],
@@ -88,60 +87,6 @@ impl fmt::Debug for SnapshotDelta {
             .field("clock", &self.clock)
             .finish_non_exhaustive()
     }
-}
-
-/// The delta of a live box since its last capture, which it then becomes: the blocks the
-/// tracker reports, read from memory.
-pub(crate) fn capture_delta(
-    live: &mut Live,
-    module: &WasmBoxModule,
-    limits: &Limits,
-) -> Result<SnapshotDelta, Error> {
-    live.collect_changes()?;
-    let globals = live.read_globals(module)?;
-    let data = live.memory.data(&live.store);
-    let blocks = data.len() / BLOCK;
-    let mut chunks: Vec<MemoryChunk> = Vec::new();
-    let mut zeroed: Vec<ZeroRange> = Vec::new();
-    for block in live.changed.iter().take_while(|&b| b < blocks) {
-        let offset = block * BLOCK;
-        let bytes = &data[offset..offset + BLOCK];
-        if is_zero(bytes) {
-            match zeroed.last_mut() {
-                Some(z) if z.offset + z.len == offset as u64 => z.len += BLOCK as u64,
-                _ => zeroed.push(ZeroRange {
-                    offset: offset as u64,
-                    len: BLOCK as u64,
-                }),
-            }
-        } else {
-            match chunks.last_mut() {
-                Some(c) if c.offset + c.bytes.len() as u64 == offset as u64 => {
-                    c.bytes.extend_from_slice(bytes);
-                }
-                _ => chunks.push(MemoryChunk {
-                    offset: offset as u64,
-                    bytes: bytes.to_vec(),
-                }),
-            }
-        }
-    }
-    let state = live.store.data();
-    let delta = SnapshotDelta {
-        format_version: FORMAT_VERSION,
-        module_fingerprint: module.inner.fingerprint,
-        parent: live.baseline,
-        id: live.id,
-        pages: data.len() as u64 / PAGE_SIZE,
-        chunks,
-        zeroed,
-        globals,
-        clock: state.clock,
-        rng: state.rng.clone(),
-        limits: *limits,
-    };
-    live.mark_captured();
-    Ok(delta)
 }
 
 /// One block-sized step of a delta, in offset order.
@@ -366,7 +311,7 @@ fn push_chunk(out: &mut Vec<MemoryChunk>, chunk: MemoryChunk) {
 mod tests {
     use super::*;
     use crate::snapshot::tests::sample;
-    use crate::snapshot::{MemoryImage, nonzero_runs};
+    use crate::snapshot::{FORMAT_VERSION, MemoryImage, nonzero_runs};
     use proptest::prelude::*;
 
     /// The snapshot a capture of `memory` gives (canonical chunks).

@@ -222,7 +222,7 @@ where
     /// tracking was required and fails.
     pub fn snapshot_delta(&mut self) -> Result<SnapshotDelta, Error> {
         self.check_usable()?;
-        delta::capture_delta(&mut self.live, &self.module, &self.options.limits)
+        capture::capture_delta(&mut self.live, &self.module, &self.options.limits)
     }
 
     /// Writes [`WasmBoxHost::snapshot_delta`] to a delta file at `path`, atomically (see

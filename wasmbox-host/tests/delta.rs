@@ -111,41 +111,6 @@ fn accept_chains_of_every_example_guest() -> Result<()> {
     )
 }
 
-/// A guest in WAT whose messages are lists of memory operations, 10 bytes each — kind, value,
-/// address (u32), length (u32): kind 0 fills `[address, address + length)` with `value`, kind 1
-/// grows the memory by `value` pages, kind 2 traps. Every message also bumps a global. The
-/// input buffer is at 1024; operations touch memory from 64 KiB on.
-const POKE: &str = r#"(module
-  (memory (export "memory") 2)
-  (global $count (mut i32) (i32.const 0))
-  (func (export "wasmbox_abi_version") (result i32) i32.const 2)
-  (func (export "wasmbox_codecs") (result i32) i32.const 1)
-  (func (export "wasmbox_init") (param i32) (result i32) i32.const 0)
-  (func (export "wasmbox_input_buffer") (param i32) (result i32) i32.const 1024)
-  (func (export "wasmbox_message") (param $len i32) (param $codec i32) (result i32)
-    (local $p i32) (local $end i32) (local $kind i32) (local $val i32)
-    (local.set $end (i32.add (i32.const 1024) (local.get $len)))
-    ;; Skip the bincode varint length of the Vec<u8>: 1 byte below 251, else 3.
-    (local.set $p (i32.add (i32.const 1024)
-      (select (i32.const 1) (i32.const 3)
-        (i32.lt_u (i32.load8_u (i32.const 1024)) (i32.const 251)))))
-    (global.set $count (i32.add (global.get $count) (i32.const 1)))
-    (block $done
-      (loop $next
-        (br_if $done (i32.gt_u (i32.add (local.get $p) (i32.const 10)) (local.get $end)))
-        (local.set $kind (i32.load8_u (local.get $p)))
-        (local.set $val (i32.load8_u offset=1 (local.get $p)))
-        (if (i32.eq (local.get $kind) (i32.const 0))
-          (then (memory.fill (i32.load offset=2 (local.get $p)) (local.get $val)
-                             (i32.load offset=6 (local.get $p)))))
-        (if (i32.eq (local.get $kind) (i32.const 1))
-          (then (drop (memory.grow (local.get $val)))))
-        (if (i32.eq (local.get $kind) (i32.const 2))
-          (then unreachable))
-        (local.set $p (i32.add (local.get $p) (i32.const 10)))
-        (br $next)))
-    (i32.const 0)))"#;
-
 #[derive(Clone, Debug)]
 enum Op {
     /// Fill `len` bytes at `at` (from 64 KiB on, inside the memory) with `value`.
@@ -159,19 +124,13 @@ enum Op {
 }
 
 fn encode(ops: &[Op]) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    for op in ops {
-        let (kind, value, at, len) = match *op {
-            Op::Fill { at, len, value } => (0u8, value, at, len),
-            Op::Grow(pages) => (1, pages, 0, 0),
-            Op::Trap => (2, 0, 0, 0),
-        };
-        bytes.push(kind);
-        bytes.push(value);
-        bytes.extend_from_slice(&at.to_le_bytes());
-        bytes.extend_from_slice(&len.to_le_bytes());
-    }
-    bytes
+    ops.iter()
+        .flat_map(|op| match *op {
+            Op::Fill { at, len, value } => common::op(0, value, at, len),
+            Op::Grow(pages) => common::op(1, pages, 0, 0),
+            Op::Trap => common::op(2, 0, 0, 0),
+        })
+        .collect()
 }
 
 /// What happens to box A between messages.
@@ -189,7 +148,7 @@ enum Between {
 }
 
 fn poke_module(pooling: bool) -> WasmBoxModule {
-    let wasm = wat::parse_str(POKE).unwrap();
+    let wasm = wat::parse_str(common::POKE).unwrap();
     let options = if pooling {
         ModuleOptions::default().pooling(8)
     } else {

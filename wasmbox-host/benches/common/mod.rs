@@ -269,44 +269,7 @@ pub fn memcpy_buffers(len: usize) -> (Vec<u8>, Vec<u8>) {
     (src, dst)
 }
 
-/// The guest of `tests/delta.rs`: a message is a list of 10-byte operations (kind, value,
-/// address u32, length u32); kind 0 fills, kind 1 grows by `value` pages, kind 2 traps.
-pub const POKE: &str = r#"(module
-  (memory (export "memory") 2)
-  (global $count (mut i32) (i32.const 0))
-  (func (export "wasmbox_abi_version") (result i32) i32.const 2)
-  (func (export "wasmbox_codecs") (result i32) i32.const 1)
-  (func (export "wasmbox_init") (param i32) (result i32) i32.const 0)
-  (func (export "wasmbox_input_buffer") (param i32) (result i32) i32.const 1024)
-  (func (export "wasmbox_message") (param $len i32) (param $codec i32) (result i32)
-    (local $p i32) (local $end i32) (local $kind i32) (local $val i32)
-    (local.set $end (i32.add (i32.const 1024) (local.get $len)))
-    (local.set $p (i32.add (i32.const 1024)
-      (select (i32.const 1) (i32.const 3)
-        (i32.lt_u (i32.load8_u (i32.const 1024)) (i32.const 251)))))
-    (global.set $count (i32.add (global.get $count) (i32.const 1)))
-    (block $done
-      (loop $next
-        (br_if $done (i32.gt_u (i32.add (local.get $p) (i32.const 10)) (local.get $end)))
-        (local.set $kind (i32.load8_u (local.get $p)))
-        (local.set $val (i32.load8_u offset=1 (local.get $p)))
-        (if (i32.eq (local.get $kind) (i32.const 0))
-          (then (memory.fill (i32.load offset=2 (local.get $p)) (local.get $val)
-                             (i32.load offset=6 (local.get $p)))))
-        (if (i32.eq (local.get $kind) (i32.const 1))
-          (then (drop (memory.grow (local.get $val)))))
-        (if (i32.eq (local.get $kind) (i32.const 2))
-          (then unreachable))
-        (local.set $p (i32.add (local.get $p) (i32.const 10)))
-        (br $next)))
-    (i32.const 0)))"#;
-
-/// One operation of a `POKE` message.
-pub fn op(kind: u8, value: u8, at: u32, len: u32) -> [u8; 10] {
-    let mut b = [0u8; 10];
-    b[0] = kind;
-    b[1] = value;
-    b[2..6].copy_from_slice(&at.to_le_bytes());
-    b[6..10].copy_from_slice(&len.to_le_bytes());
-    b
-}
+#[path = "../../tests/common/poke.rs"]
+mod poke;
+#[allow(unused_imports)] // Not every benchmark pokes.
+pub use poke::{POKE, op};

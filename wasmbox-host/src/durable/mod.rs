@@ -102,21 +102,15 @@ fn segment_object(seq: u64) -> String {
 /// Configures a durable box: see [`DurableBox::builder`].
 pub struct DurableBuilder<In, Out> {
     host: WasmBoxBuilder<In, Out>,
-    store: BoxStore,
-    name: String,
-    durability: Durability,
-    every: u64,
-    bytes: u64,
-    keep: usize,
+    settings: Settings,
     verify: bool,
 }
 
 impl<In, Out> std::fmt::Debug for DurableBuilder<In, Out> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DurableBuilder")
-            .field("name", &self.name)
-            .field("durability", &self.durability)
-            .field("every", &self.every)
+            .field("settings", &self.settings)
+            .field("verify", &self.verify)
             .finish_non_exhaustive()
     }
 }
@@ -124,21 +118,21 @@ impl<In, Out> std::fmt::Debug for DurableBuilder<In, Out> {
 impl<In, Out: DeserializeOwned + Send + 'static> DurableBuilder<In, Out> {
     /// When journal records are safe (default [`Durability::Buffered`]).
     pub fn durability(mut self, durability: Durability) -> Self {
-        self.durability = durability;
+        self.settings.durability = durability;
         self
     }
 
     /// Checkpoint after this many journaled events (default 1,000; 0: only on
     /// [`DurableBox::checkpoint`] and by journal size).
     pub fn checkpoint_every(mut self, events: u64) -> Self {
-        self.every = events;
+        self.settings.every = events;
         self
     }
 
     /// Checkpoint when the journal since the last checkpoint reaches this many bytes (default
     /// 64 MiB).
     pub fn checkpoint_bytes(mut self, bytes: u64) -> Self {
-        self.bytes = bytes;
+        self.settings.bytes = bytes;
         self
     }
 
@@ -146,7 +140,7 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBuilder<In, Out> {
     /// before the oldest kept, are deleted. [`DurableBox::snapshot_at`] reaches back to the
     /// oldest kept.
     pub fn keep_checkpoints(mut self, n: usize) -> Self {
-        self.keep = n.max(1);
+        self.settings.keep = n.max(1);
         self
     }
 
@@ -182,22 +176,9 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBuilder<In, Out> {
     ) -> Result<DurableBox<In, Out>, Error> {
         let DurableBuilder {
             host,
-            store,
-            name,
-            durability,
-            every,
-            bytes,
-            keep,
+            settings,
             verify,
         } = self;
-        let settings = Settings {
-            store,
-            name,
-            durability,
-            every,
-            bytes,
-            keep,
-        };
         let name = settings.name.clone();
         store::check_name(&name)?;
         let backend = Arc::clone(&settings.store.backend);
@@ -318,6 +299,7 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBuilder<In, Out> {
 }
 
 /// The builder's settings a box keeps.
+#[derive(Debug)]
 struct Settings {
     store: BoxStore,
     name: String,
@@ -331,8 +313,7 @@ struct Settings {
 pub struct DurableBox<In, Out> {
     inner: WasmBoxHost<In, Out>,
     host: WasmBoxBuilder<In, Out>,
-    store: BoxStore,
-    name: String,
+    settings: Settings,
     _lock: Box<dyn std::any::Any + Send>,
     journal: Box<dyn store::Appender>,
     /// Bytes appended to the current segment (its header included).
@@ -340,10 +321,6 @@ pub struct DurableBox<In, Out> {
     frame: Vec<u8>,
     input: Vec<u8>,
     next_seq: u64,
-    durability: Durability,
-    every: u64,
-    bytes: u64,
-    keep: usize,
     since_checkpoint: u64,
     checkpoints: Vec<Checkpoint>,
     segments: Vec<u64>,
@@ -360,7 +337,7 @@ pub struct DurableBox<In, Out> {
 impl<In, Out> std::fmt::Debug for DurableBox<In, Out> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DurableBox")
-            .field("name", &self.name)
+            .field("name", &self.settings.name)
             .field("next_seq", &self.next_seq)
             .field("checkpoints", &self.checkpoints)
             .field("stopped", &self.stopped)
@@ -370,8 +347,8 @@ impl<In, Out> std::fmt::Debug for DurableBox<In, Out> {
 
 impl<In, Out> Drop for DurableBox<In, Out> {
     fn drop(&mut self) {
-        if self.durability == Durability::Sync {
-            self.store.group.leave();
+        if self.settings.durability == Durability::Sync {
+            self.settings.store.group.leave();
         }
     }
 }
@@ -385,12 +362,14 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
     ) -> DurableBuilder<In, Out> {
         DurableBuilder {
             host: WasmBoxHost::builder(module),
-            store: store.clone(),
-            name: name.to_string(),
-            durability: Durability::Buffered,
-            every: 1_000,
-            bytes: 64 << 20,
-            keep: 2,
+            settings: Settings {
+                store: store.clone(),
+                name: name.to_string(),
+                durability: Durability::Buffered,
+                every: 1_000,
+                bytes: 64 << 20,
+                keep: 2,
+            },
             verify: false,
         }
     }
@@ -416,18 +395,13 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
         DurableBox {
             inner,
             host,
-            store: b.store,
-            name: b.name,
+            settings: b,
             _lock: lock,
             journal,
             journal_len: 0,
             frame: Vec::new(),
             input: Vec::new(),
             next_seq,
-            durability: b.durability,
-            every: b.every,
-            bytes: b.bytes,
-            keep: b.keep,
             since_checkpoint: 0,
             checkpoints,
             segments,
@@ -468,7 +442,7 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
         crate::relay::encode_into(self.inner.codec(), input, &mut bytes)?;
         let seq = self.next_seq;
         let record = Record::Message { seq, input: bytes };
-        self.append(&record, self.durability == Durability::Sync)?;
+        self.append(&record, self.settings.durability == Durability::Sync)?;
         let Record::Message { input: bytes, .. } = record else {
             unreachable!("built above")
         };
@@ -478,7 +452,10 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
         if result.is_err() && self.inner.poisoned().is_some() {
             // Undo it: journal the failure, then rebuild the box from its checkpoint and the
             // journal, which now skips this message.
-            self.append(&Record::Failed { seq }, self.durability == Durability::Sync)?;
+            self.append(
+                &Record::Failed { seq },
+                self.settings.durability == Durability::Sync,
+            )?;
             if let Err(e) = self.rebuild_inner() {
                 self.stopped = Some(format!("rebuilding after a failed message failed: {e}"));
                 return Err(e);
@@ -491,11 +468,11 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
 
     /// Replaces the box by one rebuilt from its latest checkpoint and journal.
     fn rebuild_inner(&mut self) -> Result<(), Error> {
-        let backend = Arc::clone(&self.store.backend);
+        let backend = Arc::clone(&self.settings.store.backend);
         let fingerprint = self.inner.module().fingerprint();
         let place = Place {
             backend: &*backend,
-            name: &self.name,
+            name: &self.settings.name,
             key: self.key.as_ref(),
             fingerprint: &fingerprint,
         };
@@ -524,7 +501,7 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
         let seq = self.next_seq;
         self.append(
             &Record::SetTime { seq, millis },
-            self.durability == Durability::Sync,
+            self.settings.durability == Durability::Sync,
         )?;
         self.next_seq += 1;
         self.inner.set_time(millis);
@@ -542,7 +519,7 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
         let seq = self.next_seq;
         self.append(
             &Record::AdvanceTime { seq, nanos },
-            self.durability == Durability::Sync,
+            self.settings.durability == Durability::Sync,
         )?;
         self.next_seq += 1;
         self.inner.advance_time(Duration::from_nanos(nanos));
@@ -598,12 +575,12 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
                 bytes
             }
         };
-        let backend = Arc::clone(&self.store.backend);
-        backend.write(&self.name, &checkpoint.object(), &bytes)?;
+        let backend = Arc::clone(&self.settings.store.backend);
+        backend.write(&self.settings.name, &checkpoint.object(), &bytes)?;
         self.checkpoints.retain(|c| c.seq != seq);
         self.checkpoints.push(checkpoint);
         if !self.segments.contains(&seq) {
-            self.journal = backend.append(&self.name, &segment_object(seq), 0)?;
+            self.journal = backend.append(&self.settings.name, &segment_object(seq), 0)?;
             self.segments.push(seq);
             self.write_segment_header()?;
         }
@@ -615,21 +592,21 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
     /// needs: its full snapshot and the deltas after it) and the journal before it.
     fn retain(&mut self) -> Result<(), Error> {
         let n = self.checkpoints.len();
-        if n <= self.keep {
+        if n <= self.settings.keep {
             return Ok(());
         }
-        let oldest = n - self.keep;
+        let oldest = n - self.settings.keep;
         let base = (0..=oldest)
             .rev()
             .find(|&i| self.checkpoints[i].full)
             .unwrap_or(0);
         let oldest_seq = self.checkpoints[oldest].seq;
-        let backend = Arc::clone(&self.store.backend);
+        let backend = Arc::clone(&self.settings.store.backend);
         for c in self.checkpoints.drain(..base) {
-            backend.remove(&self.name, &c.object())?;
+            backend.remove(&self.settings.name, &c.object())?;
         }
         for s in self.segments.iter().filter(|&&s| s < oldest_seq) {
-            backend.remove(&self.name, &segment_object(*s))?;
+            backend.remove(&self.settings.name, &segment_object(*s))?;
         }
         self.segments.retain(|&s| s >= oldest_seq);
         Ok(())
@@ -649,7 +626,8 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
     /// # Errors
     /// [`DurableError::NotCovered`] for a `seq` outside what is kept; I/O errors.
     pub fn snapshot_at(&mut self, seq: u64) -> Result<Snapshot, Error> {
-        let oldest = self.checkpoints[self.checkpoints.len().saturating_sub(self.keep)].seq;
+        let oldest =
+            self.checkpoints[self.checkpoints.len().saturating_sub(self.settings.keep)].seq;
         let newest = self.next_seq - 1;
         if seq < oldest || seq > newest {
             return Err(Error::Durable(DurableError::NotCovered {
@@ -658,11 +636,11 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
                 newest,
             }));
         }
-        let backend = Arc::clone(&self.store.backend);
+        let backend = Arc::clone(&self.settings.store.backend);
         let fingerprint = self.inner.module().fingerprint();
         let place = Place {
             backend: &*backend,
-            name: &self.name,
+            name: &self.settings.name,
             key: self.key.as_ref(),
             fingerprint: &fingerprint,
         };
@@ -684,7 +662,7 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
 
     /// The box's name in its store.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.settings.name
     }
 
     /// Why the box stopped taking messages, if it did.
@@ -703,7 +681,7 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
 
     fn append(&mut self, record: &Record, sync: bool) -> Result<(), Error> {
         journal::frame(record, &mut self.frame);
-        let store = &self.store;
+        let store = &self.settings.store;
         let journal = &mut self.journal;
         let result = journal.append(&self.frame).and_then(|()| {
             if sync {
@@ -735,8 +713,8 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
 
     fn after_event(&mut self) -> Result<(), Error> {
         self.since_checkpoint += 1;
-        let by_count = self.every > 0 && self.since_checkpoint >= self.every;
-        if by_count || self.journal_len >= self.bytes {
+        let by_count = self.settings.every > 0 && self.since_checkpoint >= self.settings.every;
+        if by_count || self.journal_len >= self.settings.bytes {
             self.checkpoint()?;
         }
         Ok(())

@@ -8,6 +8,11 @@ use std::path::PathBuf;
 mod guests;
 pub use guests::*;
 
+#[path = "poke.rs"]
+mod poke;
+#[allow(unused_imports)] // Not every test binary pokes.
+pub use poke::{POKE, op};
+
 /// Path of the built example guest `name` (e.g. `counter`).
 pub fn guest(name: &str) -> PathBuf {
     try_guest(name).unwrap_or_else(|e| panic!("{e}"))
