@@ -96,3 +96,19 @@ pub(crate) fn capture_delta(
     live.mark_captured();
     Ok(delta)
 }
+
+/// Undoes the bookkeeping of a delta nobody received: its blocks count as changed again and
+/// its parent is the baseline again, so the next delta continues the same snapshot.
+pub(crate) fn take_back(live: &mut Live, delta: &SnapshotDelta) {
+    let block = BLOCK as u64;
+    let ranges = delta
+        .chunks
+        .iter()
+        .map(|c| (c.offset, c.bytes.len() as u64))
+        .chain(delta.zeroed.iter().map(|z| (z.offset, z.len)));
+    for (offset, len) in ranges {
+        live.changed
+            .insert_range((offset / block) as usize..(offset + len).div_ceil(block) as usize);
+    }
+    live.baseline = delta.parent;
+}

@@ -230,11 +230,16 @@ where
     /// [`WasmBoxBuilder::snapshot_key`], it carries a keyed MAC.
     ///
     /// # Errors
-    /// As [`WasmBoxHost::snapshot_delta`], and [`Error::Io`].
+    /// As [`WasmBoxHost::snapshot_delta`], and [`Error::Io`]; when the file cannot be written,
+    /// the next delta still continues the previous snapshot, as if this one was never taken.
     pub fn snapshot_delta_to_file(&mut self, path: impl AsRef<Path>) -> Result<(), Error> {
         let delta = self.snapshot_delta()?;
         let key = self.options.snapshot_key.as_ref();
-        file::write_delta_file(path.as_ref(), &delta, key)
+        let written = file::write_delta_file(path.as_ref(), &delta, key);
+        if written.is_err() {
+            capture::take_back(&mut self.live, &delta);
+        }
+        written
     }
 
     /// The method this box uses to find what a message wrote: [`ChangeTracking::Kernel`] or

@@ -514,3 +514,29 @@ fn accept_sealed_delta_files_and_reject_unsealed_ones_with_a_key() -> Result<()>
     assert!(base == a.snapshot_state()?);
     Ok(())
 }
+
+#[test]
+fn accept_a_delta_file_that_cannot_be_written_leaves_the_chain_whole() -> Result<()> {
+    let module = poke_module(false);
+    let (cb, _) = collector::<u8>();
+    let mut a = WasmBoxHost::<Vec<u8>, u8>::new(&module, cb)?;
+    let mut chain = a.snapshot_state()?;
+    a.message(&encode(&[Op::Fill {
+        at: 70000,
+        len: 100,
+        value: 1,
+    }]))?;
+    let err = a
+        .snapshot_delta_to_file("/nonexistent-dir/d.delta")
+        .unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    a.message(&encode(&[Op::Fill {
+        at: 110_000,
+        len: 100,
+        value: 2,
+    }]))?;
+    // The next delta holds both messages' blocks and continues `chain`.
+    chain.apply(&a.snapshot_delta()?)?;
+    same_bytes(&chain, &a.snapshot_state()?, "after a failed delta file");
+    Ok(())
+}

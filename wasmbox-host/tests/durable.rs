@@ -567,3 +567,46 @@ fn accept_a_failure_whose_record_was_lost_is_skipped_on_replay() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn accept_one_thread_submits_to_many_sync_boxes_and_commits_once() -> Result<()> {
+    let module = counter()?;
+    let dir = tempfile::tempdir()?;
+    let store = BoxStore::open_dir(dir.path())?;
+    let out: Outputs<String> = Arc::default();
+    let mut boxes: Vec<DurableBox<String, String>> = (0..3)
+        .map(|i| {
+            let o = Arc::clone(&out);
+            DurableBox::<String, String>::builder(&module, &store, &format!("b{i}"))
+                .durability(Durability::Sync)
+                .open(move |seq, x| o.lock().unwrap().push((seq, x)))
+                .unwrap()
+        })
+        .collect();
+    for b in &mut boxes {
+        assert_eq!(b.submit("up")?, 1);
+        assert_eq!(b.submit("up")?, 2);
+    }
+    assert!(out.lock().unwrap().is_empty(), "held until durable");
+    store.commit()?;
+    for b in &mut boxes {
+        b.deliver()?;
+    }
+    let got: Vec<(u64, String)> = std::mem::take(&mut *out.lock().unwrap());
+    assert_eq!(got.len(), 6);
+    assert_eq!(got[0], (1, "value=1".to_string()));
+    assert_eq!(got[1], (2, "value=2".to_string()));
+    // Without a commit, `deliver` syncs the box's own journal; `message` delivers held ones first.
+    boxes[0].submit("up")?;
+    boxes[0].message("up")?;
+    let got: Vec<(u64, String)> = std::mem::take(&mut *out.lock().unwrap());
+    assert_eq!(
+        got,
+        [(3, "value=3".to_string()), (4, "value=4".to_string())]
+    );
+    drop(boxes);
+    let mut b = DurableBox::<String, String>::builder(&module, &store, "b0").open(|_, _| {})?;
+    let (expected, _) = straight::<String, String>(&module, &strings(&["up"; 4]))?;
+    same(&b.snapshot_state()?, &expected, "after submit and commit");
+    Ok(())
+}

@@ -294,6 +294,15 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBuilder<In, Out> {
             return Ok(durable);
         };
         durable.write_segment_header()?;
+        // What the guest said while it initialised: sequence number 0.
+        let said = std::mem::take(
+            &mut *durable
+                .outputs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        durable.held.extend(said.into_iter().map(|out| (0, out)));
+        durable.deliver_now();
         Ok(durable)
     }
 }
@@ -332,6 +341,10 @@ pub struct DurableBox<In, Out> {
     stopped: Option<String>,
     /// Bytes of delta checkpoints written since the last full one (since the box was opened).
     delta_bytes_since_full: u64,
+    /// Outputs of submitted messages, held until their records are durable.
+    held: Vec<(u64, Out)>,
+    /// The group-commit flush that makes the held outputs' records durable.
+    ticket: u64,
 }
 
 impl<In, Out> std::fmt::Debug for DurableBox<In, Out> {
@@ -411,6 +424,8 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
             recovery,
             stopped: None,
             delta_bytes_since_full: 0,
+            held: Vec::new(),
+            ticket: 0,
         }
     }
 
@@ -437,12 +452,89 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
         Q: Serialize + ?Sized,
         In: Borrow<Q>,
     {
+        self.deliver()?;
+        let before = self.next_seq;
+        let result = self.run(input, self.settings.durability == Durability::Sync);
+        self.deliver_now();
+        if self.next_seq != before {
+            self.after_event()?;
+        }
+        result
+    }
+
+    /// Like [`DurableBox::message`], but without waiting for the journal record to be on
+    /// disk: the message runs at once and its outputs are held back until
+    /// [`DurableBox::deliver`], which delivers them once a flush covers the record — one
+    /// [`BoxStore::commit`] for many boxes driven by one thread (group commit), or the box's
+    /// own fsync. With [`Durability::Buffered`] boxes this is `message` with delivery later.
+    /// Held outputs of a box dropped before `deliver` are not delivered (their messages are
+    /// in the journal: sequence numbers tell an application what it missed).
+    ///
+    /// # Errors
+    /// As [`DurableBox::message`].
+    pub fn submit<Q>(&mut self, input: &Q) -> Result<u64, Error>
+    where
+        Q: Serialize + ?Sized,
+        In: Borrow<Q>,
+    {
+        let before = self.next_seq;
+        let result = self.run(input, false);
+        self.ticket = self.settings.store.group.ticket();
+        if self.next_seq != before {
+            self.after_event()?;
+        }
+        result
+    }
+
+    /// Delivers the outputs [`DurableBox::submit`] held back, once their journal records are
+    /// durable: at once after a [`BoxStore::commit`] that followed the submits, otherwise
+    /// after syncing this box's journal.
+    ///
+    /// # Errors
+    /// The flush's error (the outputs stay held, the box stops taking messages).
+    pub fn deliver(&mut self) -> Result<(), Error> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        if self.settings.durability == Durability::Buffered {
+            self.deliver_now();
+            return Ok(());
+        }
+        let durable = match self.settings.store.group.covered(self.ticket) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(Error::Io {
+                path: self.settings.name.clone().into(),
+                source: std::io::Error::other(e),
+            }),
+            None => {
+                let store = &self.settings.store;
+                store
+                    .group
+                    .commit(&*store.backend, Some(&mut *self.journal))
+            }
+        };
+        if let Err(e) = durable {
+            self.stopped = Some(format!("a journal flush failed: {e}"));
+            return Err(e);
+        }
+        self.deliver_now();
+        Ok(())
+    }
+
+    /// Journals the message (on disk first if `sync`) and runs it; a failure that poisons the
+    /// box is journaled and undone by a rebuild. Its outputs join `held`, tagged with its
+    /// sequence number.
+    fn run<Q>(&mut self, input: &Q, sync: bool) -> Result<u64, Error>
+    where
+        Q: Serialize + ?Sized,
+        In: Borrow<Q>,
+    {
         self.check_running()?;
         let mut bytes = std::mem::take(&mut self.input);
         crate::relay::encode_into(self.inner.codec(), input, &mut bytes)?;
         let seq = self.next_seq;
         let record = Record::Message { seq, input: bytes };
-        self.append(&record, self.settings.durability == Durability::Sync)?;
+        self.append(&record, sync)?;
         let Record::Message { input: bytes, .. } = record else {
             unreachable!("built above")
         };
@@ -452,17 +544,15 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
         if result.is_err() && self.inner.poisoned().is_some() {
             // Undo it: journal the failure, then rebuild the box from its checkpoint and the
             // journal, which now skips this message.
-            self.append(
-                &Record::Failed { seq },
-                self.settings.durability == Durability::Sync,
-            )?;
+            self.append(&Record::Failed { seq }, sync)?;
             if let Err(e) = self.rebuild_inner() {
                 self.stopped = Some(format!("rebuilding after a failed message failed: {e}"));
                 return Err(e);
             }
         }
-        self.deliver(seq);
-        self.after_event()?;
+        let outputs =
+            std::mem::take(&mut *self.outputs.lock().unwrap_or_else(PoisonError::into_inner));
+        self.held.extend(outputs.into_iter().map(|out| (seq, out)));
         result.map(|()| seq)
     }
 
@@ -686,7 +776,7 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
         let result = journal.append(&self.frame).and_then(|()| {
             if sync {
                 // Group commit with the store's other boxes.
-                store.group.commit(&*store.backend, &mut **journal)
+                store.group.commit(&*store.backend, Some(&mut **journal))
             } else {
                 Ok(())
             }
@@ -703,10 +793,9 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
         }
     }
 
-    fn deliver(&mut self, seq: u64) {
-        let outputs =
-            std::mem::take(&mut *self.outputs.lock().unwrap_or_else(PoisonError::into_inner));
-        for out in outputs {
+    /// Hands every held output to the callback.
+    fn deliver_now(&mut self) {
+        for (seq, out) in std::mem::take(&mut self.held) {
             (self.callback)(seq, out);
         }
     }

@@ -125,6 +125,20 @@ impl BoxStore {
         Ok(names)
     }
 
+    /// Makes every journal record appended to the store's boxes so far durable, in one flush
+    /// shared by all of them (group commit): then [`DurableBox::deliver`] hands out the outputs
+    /// that [`DurableBox::submit`] held back. A backend without a store-wide flush does
+    /// nothing here, and `deliver` then syncs each box's own journal.
+    ///
+    /// # Errors
+    /// I/O errors.
+    ///
+    /// [`DurableBox::deliver`]: super::DurableBox::deliver
+    /// [`DurableBox::submit`]: super::DurableBox::submit
+    pub fn commit(&self) -> Result<(), Error> {
+        self.group.commit(&*self.backend, None)
+    }
+
     /// Deletes a box that is not open.
     ///
     /// # Errors
@@ -338,6 +352,20 @@ impl GroupCommit {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The number of the first flush that will cover what was appended until now.
+    pub(crate) fn ticket(&self) -> u64 {
+        self.lock().started + 1
+    }
+
+    /// Whether the flush numbered `ticket` has finished, and how.
+    pub(crate) fn covered(&self, ticket: u64) -> Option<Result<(), String>> {
+        let st = self.lock();
+        (st.finished >= ticket).then(|| match st.failed.get(&ticket) {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        })
+    }
+
     /// A `Sync` box opened on the store.
     pub(crate) fn join(&self) {
         self.lock().writers += 1;
@@ -358,10 +386,10 @@ impl GroupCommit {
     pub(crate) fn commit(
         &self,
         backend: &dyn Backend,
-        own: &mut dyn Appender,
+        mut own: Option<&mut dyn Appender>,
     ) -> Result<(), Error> {
         if !backend.can_sync_all() {
-            return own.sync();
+            return own.map_or(Ok(()), |own| own.sync());
         }
         let mut st = self.lock();
         // The first flush that starts from now on covers what was appended before.
@@ -408,10 +436,9 @@ impl GroupCommit {
             let alone = st.waiting == 1;
             drop(st);
             let started = std::time::Instant::now();
-            let result = if alone {
-                own.sync()
-            } else {
-                backend.sync_all()
+            let result = match own.as_deref_mut() {
+                Some(own) if alone => own.sync(),
+                _ => backend.sync_all(),
             };
             st = self.lock();
             st.last_flush = started.elapsed();
@@ -521,7 +548,7 @@ mod tests {
                         journal.append(b"x").unwrap();
                         // Our append is number `mine` or lower.
                         let mine = backend.appended.load(Ordering::SeqCst);
-                        group.commit(&*backend, &mut *journal).unwrap();
+                        group.commit(&*backend, Some(&mut *journal)).unwrap();
                         assert!(backend.durable.load(Ordering::SeqCst) >= mine);
                     }
                     group.leave();
