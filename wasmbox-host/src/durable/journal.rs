@@ -162,6 +162,16 @@ pub(crate) fn parse(
         let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
         let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
         let Some(payload) = rest.get(FRAME..FRAME + len) else {
+            // Cut short — unless whole records follow: then the length itself is damaged,
+            // and cutting the "tail" would throw them away.
+            if let Some(later) = whole_record_after(bytes, at) {
+                return Err(corrupt(
+                    at as u64,
+                    format!(
+                        "a record's length is damaged (a whole record follows at byte {later})"
+                    ),
+                ));
+            }
             return torn.map(|s| Segment { records, ..s });
         };
         let end = at + FRAME + len;
@@ -198,6 +208,28 @@ pub(crate) fn parse(
         records,
         good_len: at as u64,
         torn: None,
+    })
+}
+
+/// The offset of a whole, valid record that starts after `at`, if any (looking at most 4 MiB
+/// ahead: a torn tail is one record cut short, never that long).
+fn whole_record_after(bytes: &[u8], at: usize) -> Option<usize> {
+    let last = bytes.len().saturating_sub(FRAME).min(at + (4 << 20));
+    (at + 1..last).find(|&k| {
+        let frame = &bytes[k..k + FRAME];
+        let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+        let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
+        len > 0
+            && bytes
+                .get(k + FRAME..k + FRAME + len)
+                .is_some_and(|payload| {
+                    crc32fast::hash(payload) == crc
+                        && bincode::Options::deserialize::<Record>(
+                            wasmbox::abi::options(len as u64),
+                            payload,
+                        )
+                        .is_ok()
+                })
     })
 }
 
@@ -265,6 +297,14 @@ mod tests {
         let mut damaged = bytes.clone();
         damaged[second + FRAME] ^= 0x40;
         let err = parse("j", &damaged, &[3; 32], 10).unwrap_err();
+        assert!(
+            matches!(&err, Error::Durable(DurableError::Corrupt { offset, .. }) if *offset == second as u64),
+            "{err}"
+        );
+        // A damaged length that points past the end is not a torn tail: records follow.
+        let mut long = bytes.clone();
+        long[second..second + 4].copy_from_slice(&0x00ff_ffffu32.to_le_bytes());
+        let err = parse("j", &long, &[3; 32], 10).unwrap_err();
         assert!(
             matches!(&err, Error::Durable(DurableError::Corrupt { offset, .. }) if *offset == second as u64),
             "{err}"
