@@ -102,12 +102,29 @@ struct RunArgs {
     /// Run the durable box kept in DIR (created if missing): every line is journaled before it
     /// runs and its outputs are printed, so a run after Ctrl-C, `kill -9` or a power cut
     /// resumes where this one stopped. --seed and --start-time apply when the box is created.
-    #[arg(long, value_name = "DIR", conflicts_with = "restore")]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["restore", "store"])]
     durable: Option<PathBuf>,
 
-    /// With --durable: write a checkpoint every N journaled events (each line, each clock
-    /// step), so that a restart replays at most N.
-    #[arg(long, value_name = "N", default_value_t = 1000, requires = "durable")]
+    /// Run the durable box kept in this store (created if missing, resumed if it exists):
+    /// `s3://bucket/prefix?endpoint=http://127.0.0.1:8333` for S3-compatible object storage
+    /// (credentials and region from the AWS_* variables; one host owns a box at a time, by a
+    /// lease), or `file://DIR`. Each line is acknowledged — its outputs printed — once its
+    /// journal record is stored.
+    #[arg(long, value_name = "URL", conflicts_with = "restore")]
+    store: Option<String>,
+
+    /// With --durable or --store: the box's name in the store.
+    #[arg(long = "box", value_name = "NAME", default_value = "box")]
+    box_name: String,
+
+    /// With --store: if another host holds the box, wait up to SECS for its lease to expire
+    /// (or for it to release the box), then take the box over.
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    wait: f64,
+
+    /// With --durable or --store: write a checkpoint every N journaled events (each line,
+    /// each clock step), so that a restart replays at most N.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
     checkpoint_every: u64,
 
     #[command(flatten)]
@@ -196,7 +213,22 @@ fn run_guest(args: RunArgs) -> Result<()> {
         snapshot_dir: args.snapshot_dir,
         restore: args.restore,
         json: args.json,
-        durable: args.durable,
+        store: match (args.durable, args.store) {
+            (Some(dir), _) => Some(relay::StoreOptions {
+                url: dir.to_string_lossy().into_owned(),
+                sync: false,
+                name: args.box_name,
+                wait: std::time::Duration::ZERO,
+            }),
+            (None, Some(url)) => Some(relay::StoreOptions {
+                url,
+                sync: true,
+                name: args.box_name,
+                wait: std::time::Duration::try_from_secs_f64(args.wait)
+                    .map_err(|e| anyhow::anyhow!("--wait {}: {e}", args.wait))?,
+            }),
+            (None, None) => None,
+        },
         checkpoint_every: args.checkpoint_every,
     };
     let mut lines = input::stdin_lines()?;

@@ -13,8 +13,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
-use wasmbox_host::durable::{BoxStore, DurableBox};
-use wasmbox_host::{Codec, Error, WasmBoxBuilder, WasmBoxHost, WasmBoxModule};
+use wasmbox_host::durable::{BoxStore, Durability, DurableBox};
+use wasmbox_host::{Codec, DurableError, Error, WasmBoxBuilder, WasmBoxHost, WasmBoxModule};
 
 /// A JSON value kept as its text, so outputs are printed exactly as the guest wrote them.
 type Json = Box<RawValue>;
@@ -120,15 +120,25 @@ pub struct SessionOptions {
     /// Each line is one JSON value and each output is printed as compact JSON (the guest must
     /// be built with the `json` feature of `wasmbox`); otherwise lines and outputs are strings.
     pub json: bool,
-    /// Run the durable box stored in this directory (created if missing): every line is
-    /// journaled before it runs, so a later run resumes where this one stopped.
-    pub durable: Option<PathBuf>,
-    /// With `durable`: a checkpoint every this many journaled events.
+    /// Run a durable box (created if missing): every line is journaled before it runs, so a
+    /// later run resumes where this one stopped.
+    pub store: Option<StoreOptions>,
+    /// With `store`: a checkpoint every this many journaled events.
     pub checkpoint_every: u64,
 }
 
-/// The name of the box `--durable DIR` keeps in DIR.
-pub const DURABLE_BOX: &str = "box";
+/// Where a durable box is kept.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// A directory, `file://DIR` or `s3://bucket/prefix?…`.
+    pub url: String,
+    /// Outputs only once the journal record is stored (`Durability::Sync`).
+    pub sync: bool,
+    /// The box's name in the store.
+    pub name: String,
+    /// How long to wait for another owner's lease.
+    pub wait: std::time::Duration,
+}
 
 /// The box, with `String` messages or JSON values, in memory or durable.
 pub enum GuestBox {
@@ -228,42 +238,66 @@ fn report(result: Result<u64, Error>) {
     }
 }
 
-/// Opens the durable box in `dir` as `options` say, with outputs printed by `output`.
+/// Opens the durable box `where_` names as `options` say, with outputs printed by `output`.
 fn open_durable<In, Out: DeserializeOwned + Send + 'static>(
     module: &WasmBoxModule,
-    dir: &Path,
+    where_: &StoreOptions,
     options: &SessionOptions,
     codec: Codec,
     output: impl FnMut(Out) + Send + 'static,
 ) -> Result<DurableBox<In, Out>> {
-    let store = BoxStore::open_dir(dir)
-        .with_context(|| format!("cannot open the durable store {}", dir.display()))?;
+    let url = &where_.url;
+    let store =
+        BoxStore::open_url(url).with_context(|| format!("cannot open the durable store {url}"))?;
     let start_time = options.start_time.unwrap_or_else(real_time_millis);
     let seed = options.seed;
-    let mut output = output;
-    let durable = DurableBox::<In, Out>::builder(module, &store, DURABLE_BOX)
-        .checkpoint_every(options.checkpoint_every)
-        .configure(|b| {
-            let b = b
-                .codec(codec)
-                .guest_stdout_to_stderr(true)
-                .start_time(start_time);
-            match seed {
-                Some(seed) => b.seed(seed),
-                None => b,
+    let output = Arc::new(Mutex::new(output));
+    let until = std::time::Instant::now() + where_.wait;
+    let mut waited = false;
+    let durable = loop {
+        let output = Arc::clone(&output);
+        let opened = DurableBox::<In, Out>::builder(module, &store, &where_.name)
+            .checkpoint_every(options.checkpoint_every)
+            .durability(if where_.sync {
+                Durability::Sync
+            } else {
+                Durability::Buffered
+            })
+            .configure(|b| {
+                let b = b
+                    .codec(codec)
+                    .guest_stdout_to_stderr(true)
+                    .start_time(start_time);
+                match seed {
+                    Some(seed) => b.seed(seed),
+                    None => b,
+                }
+            })
+            .open(move |_seq, out| (output.lock().unwrap_or_else(PoisonError::into_inner))(out));
+        match opened {
+            Err(Error::Durable(DurableError::Locked { .. }))
+                if std::time::Instant::now() < until =>
+            {
+                if !waited {
+                    eprintln!("the box is held by another owner: waiting for its lease");
+                    waited = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
             }
-        })
-        .open(move |_seq, out| output(out))
-        .with_context(|| format!("cannot open the durable box in {}", dir.display()))?;
+            other => {
+                break other.with_context(|| {
+                    format!("cannot open the durable box `{}` in {url}", where_.name)
+                })?;
+            }
+        }
+    };
     let r = durable.recovery();
     if r.created {
-        eprintln!("durable box created in {}", dir.display());
+        eprintln!("durable box created in {url}");
     } else {
         eprintln!(
-            "durable box resumed from {}: checkpoint {} + {} journaled events",
-            dir.display(),
-            r.checkpoint,
-            r.replayed
+            "durable box resumed from {url}: checkpoint {} + {} journaled events",
+            r.checkpoint, r.replayed
         );
     }
     if let Some((file, offset, len)) = &r.torn_tail {
@@ -327,7 +361,7 @@ impl Relay {
     /// If the snapshot cannot be read or used, or the guest fails to start.
     pub fn start(module: &WasmBoxModule, options: SessionOptions) -> Result<Relay> {
         let stdout = GuestOutput::default();
-        let host = if let Some(dir) = &options.durable {
+        let host = if let Some(dir) = &options.store {
             if options.json {
                 let print = stdout.printer(|value: Json| value.get().to_string());
                 GuestBox::DurableJson(open_durable(module, dir, &options, Codec::Json, print)?)

@@ -67,6 +67,14 @@ pub enum Error {
         /// What poisoned it.
         cause: String,
     },
+    /// A store URL or setting that cannot be used.
+    #[error("bad store URL `{url}`: {why}")]
+    BadUrl {
+        /// The URL (or the settings, written as one).
+        url: String,
+        /// What is wrong.
+        why: String,
+    },
     /// The input could not be encoded.
     #[error("could not encode the input: {0}")]
     InputEncode(String),
@@ -132,6 +140,15 @@ pub enum DurableError {
     Locked {
         /// The box.
         name: String,
+    },
+    /// Another host took the box over (this one's lease expired): nothing this box writes
+    /// from now on becomes part of the box's history, and it takes no more messages.
+    #[error("the box `{name}` is now owned by `{holder}`: this host lost its lease")]
+    NotOwner {
+        /// The box.
+        name: String,
+        /// Who holds it now.
+        holder: String,
     },
     /// A box name that cannot be stored.
     #[error(

@@ -1,19 +1,22 @@
-//! Durable boxes through the real host and a real directory: recovery after a crash (the box
-//! dropped without a checkpoint, files cut or damaged) reaches, byte for byte, the state of a
-//! box that never crashed; time travel; verification; locks; retention. Killing real processes
-//! is in `wasmbox-cli/tests/durable_kill.rs`.
+//! Durable boxes through the real host, each test run against both stores — a real directory
+//! (`dir::`) and a real S3 server (`s3::`, SeaweedFS started by `scripts/test`): recovery after
+//! a crash (the box dropped without a checkpoint, objects cut or damaged) reaches, byte for
+//! byte, the state of a box that never crashed; time travel; verification; locks; retention.
+//! Killing real processes is in `wasmbox-cli/tests/durable_kill.rs` and `s3_owners.rs`.
 
 #![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 
 mod common;
+#[path = "common/stores.rs"]
+mod stores;
 
 use anyhow::Result;
 use common::guest;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
+use stores::{Kind, TestStore};
 use wasmbox_host::durable::{BoxStore, Durability, DurableBox};
 use wasmbox_host::snapshot::encode_file;
 use wasmbox_host::{DurableError, Error, Limits, Snapshot, WasmBoxHost, WasmBoxModule};
@@ -61,7 +64,7 @@ fn straight<In: Serialize, Out: DeserializeOwned + Send + 'static>(
 
 /// For every k: k messages, a crash (the box dropped as it is), a reopen, the rest. The state
 /// and the outputs must be those of a box that never crashed.
-fn crash_everywhere<In, Out>(name: &str, script: &[In]) -> Result<()>
+fn crash_everywhere<In, Out>(kind: Kind, name: &str, script: &[In]) -> Result<()>
 where
     In: Serialize,
     Out: DeserializeOwned + PartialEq + Debug + Send + 'static,
@@ -70,8 +73,8 @@ where
     let (expected, expected_out) = straight::<In, Out>(&module, script)?;
     for every in [0, 2] {
         for k in 0..=script.len() {
-            let dir = tempfile::tempdir()?;
-            let store = BoxStore::open_dir(dir.path())?;
+            let t = TestStore::new(kind)?;
+            let store = t.store.clone();
             let (mut a, out) = open::<In, Out>(&module, &store, every)?;
             for m in &script[..k] {
                 let _ = a.message(m);
@@ -99,17 +102,25 @@ fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
-#[test]
-fn accept_recovery_equals_no_crash_for_every_example_guest() -> Result<()> {
-    crash_everywhere::<String, String>("counter", &strings(&["up", "up", "x", "down", "up"]))?;
-    crash_everywhere::<String, String>("countersync", &strings(&["up", "down", "down"]))?;
-    crash_everywhere::<String, String>("echo", &strings(&["a", "", "longer", "é"]))?;
-    crash_everywhere::<String, String>("faults", &strings(&["up", "panic", "up", "divide", "up"]))?;
-    crash_everywhere::<u32, u32>("mailbox", &[1, 2, 3, 0])?;
-    crash_everywhere::<u32, Vec<u8>>("random", &[4, 16, 0, 64])?;
-    crash_everywhere::<String, clock::Reading>("clock", &strings(&["t", "sleep 1500", "t"]))?;
+fn accept_recovery_equals_no_crash_for_every_example_guest(kind: Kind) -> Result<()> {
+    crash_everywhere::<String, String>(
+        kind,
+        "counter",
+        &strings(&["up", "up", "x", "down", "up"]),
+    )?;
+    crash_everywhere::<String, String>(kind, "countersync", &strings(&["up", "down", "down"]))?;
+    crash_everywhere::<String, String>(kind, "echo", &strings(&["a", "", "longer", "é"]))?;
+    crash_everywhere::<String, String>(
+        kind,
+        "faults",
+        &strings(&["up", "panic", "up", "divide", "up"]),
+    )?;
+    crash_everywhere::<u32, u32>(kind, "mailbox", &[1, 2, 3, 0])?;
+    crash_everywhere::<u32, Vec<u8>>(kind, "random", &[4, 16, 0, 64])?;
+    crash_everywhere::<String, clock::Reading>(kind, "clock", &strings(&["t", "sleep 1500", "t"]))?;
     use memory::Request;
     crash_everywhere::<Request, memory::Summary>(
+        kind,
         "memory",
         &[
             Request::Grow { mib: 2, seed: 1 },
@@ -119,6 +130,7 @@ fn accept_recovery_equals_no_crash_for_every_example_guest() -> Result<()> {
     )?;
     use typed::Command;
     crash_everywhere::<Command, typed::Reply>(
+        kind,
         "typed",
         &[
             Command::Open {
@@ -139,55 +151,28 @@ fn counter() -> Result<WasmBoxModule> {
     Ok(WasmBoxModule::from_file(guest("counter"))?)
 }
 
-/// The files of a box's directory and their bytes.
-fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut f: Vec<_> = std::fs::read_dir(dir.join("b"))
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            (
-                e.file_name().into_string().unwrap(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect();
-    f.sort();
-    f
-}
-
-fn current_segment(dir: &Path) -> std::path::PathBuf {
-    let mut segs: Vec<_> = std::fs::read_dir(dir.join("b"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wbj"))
-        .collect();
-    segs.sort();
-    segs.pop().unwrap()
-}
-
-#[test]
-fn accept_a_torn_tail_is_cut_and_reported() -> Result<()> {
+fn accept_a_torn_tail_is_cut_and_reported(kind: Kind) -> Result<()> {
     let module = counter()?;
-    let dir = tempfile::tempdir()?;
-    let store = BoxStore::open_dir(dir.path())?;
+    let t = TestStore::new(kind)?;
+    let store = t.store.clone();
     let (mut a, _) = open::<String, String>(&module, &store, 0)?;
     for _ in 0..3 {
         a.message("up")?;
     }
     drop(a);
-    let seg = current_segment(dir.path());
-    let good = std::fs::metadata(&seg)?.len();
+    let seg = t.current_segment("b");
+    let good = t.read("b", &seg).len() as u64;
     // Half of a fourth record, as a crash in the middle of its append would leave.
-    let mut bytes = std::fs::read(&seg)?;
+    let mut bytes = t.read("b", &seg);
     let record_len = (bytes.len() - 60) / 3;
     let half: Vec<u8> = bytes[bytes.len() - record_len..][..record_len / 2].to_vec();
     bytes.extend_from_slice(&half);
-    std::fs::write(&seg, &bytes)?;
+    t.write("b", &seg, &bytes);
     let (mut b, _) = open::<String, String>(&module, &store, 0)?;
     let torn = b.recovery().torn_tail.clone().expect("reported");
     assert_eq!((torn.1, torn.2), (good, (record_len / 2) as u64));
     assert_eq!(b.last_seq(), 3);
-    assert_eq!(std::fs::metadata(&seg)?.len(), good, "cut off");
+    assert_eq!(t.read("b", &seg).len() as u64, good, "cut off");
     b.message("up")?;
     drop(b);
     let (mut c, _) = open::<String, String>(&module, &store, 0)?;
@@ -197,21 +182,20 @@ fn accept_a_torn_tail_is_cut_and_reported() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn reject_damage_in_the_middle_naming_file_and_offset_and_touch_nothing() -> Result<()> {
+fn reject_damage_in_the_middle_naming_file_and_offset_and_touch_nothing(kind: Kind) -> Result<()> {
     let module = counter()?;
-    let dir = tempfile::tempdir()?;
-    let store = BoxStore::open_dir(dir.path())?;
+    let t = TestStore::new(kind)?;
+    let store = t.store.clone();
     let (mut a, _) = open::<String, String>(&module, &store, 0)?;
     for _ in 0..3 {
         a.message("up")?;
     }
     drop(a);
-    let seg = current_segment(dir.path());
-    let mut bytes = std::fs::read(&seg)?;
+    let seg = t.current_segment("b");
+    let mut bytes = t.read("b", &seg);
     bytes[60 + 9] ^= 0x10; // inside the first record's payload
-    std::fs::write(&seg, &bytes)?;
-    let before = files(dir.path());
+    t.write("b", &seg, &bytes);
+    let before = t.objects("b");
     let err = open::<String, String>(&module, &store, 0).unwrap_err();
     let text = err.to_string();
     assert!(
@@ -222,15 +206,14 @@ fn reject_damage_in_the_middle_naming_file_and_offset_and_touch_nothing() -> Res
         "{text}"
     );
     assert!(text.contains("journal-00000000000000000000.wbj"), "{text}");
-    assert_eq!(files(dir.path()), before, "nothing overwritten");
+    assert_eq!(t.objects("b"), before, "nothing overwritten");
     Ok(())
 }
 
-#[test]
-fn accept_an_older_checkpoint_when_the_latest_is_damaged() -> Result<()> {
+fn accept_an_older_checkpoint_when_the_latest_is_damaged(kind: Kind) -> Result<()> {
     let module = counter()?;
-    let dir = tempfile::tempdir()?;
-    let store = BoxStore::open_dir(dir.path())?;
+    let t = TestStore::new(kind)?;
+    let store = t.store.clone();
     let (mut a, _) = DurableBox::<String, String>::builder(&module, &store, "b")
         .checkpoint_every(2)
         .keep_checkpoints(3)
@@ -241,11 +224,11 @@ fn accept_an_older_checkpoint_when_the_latest_is_damaged() -> Result<()> {
     }
     drop(a);
     // Damage the newest checkpoint (a delta at 4).
-    let newest = dir.path().join("b/checkpoint-00000000000000000004.delta");
-    let mut bytes = std::fs::read(&newest)?;
+    let newest = "checkpoint-00000000000000000004.delta";
+    let mut bytes = t.read("b", newest);
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
-    std::fs::write(&newest, &bytes)?;
+    t.write("b", newest, &bytes);
     let (mut b, _) = open::<String, String>(&module, &store, 2)?;
     assert_eq!(b.recovery().checkpoint, 2, "{:?}", b.recovery());
     assert!(b.recovery().notes[0].contains("checkpoint-00000000000000000004.delta"));
@@ -259,11 +242,10 @@ fn accept_an_older_checkpoint_when_the_latest_is_damaged() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn reject_a_second_owner_and_another_module() -> Result<()> {
+fn reject_a_second_owner_and_another_module(kind: Kind) -> Result<()> {
     let module = counter()?;
-    let dir = tempfile::tempdir()?;
-    let store = BoxStore::open_dir(dir.path())?;
+    let t = TestStore::new(kind)?;
+    let store = t.store.clone();
     let (a, _) = open::<String, String>(&module, &store, 0)?;
     let err = open::<String, String>(&module, &store, 0).unwrap_err();
     assert!(
@@ -290,11 +272,10 @@ fn reject_a_second_owner_and_another_module() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn accept_time_travel_to_every_kept_event() -> Result<()> {
+fn accept_time_travel_to_every_kept_event(kind: Kind) -> Result<()> {
     let module = counter()?;
-    let dir = tempfile::tempdir()?;
-    let store = BoxStore::open_dir(dir.path())?;
+    let t = TestStore::new(kind)?;
+    let store = t.store.clone();
     let mut b = DurableBox::<String, String>::builder(&module, &store, "b")
         .checkpoint_every(3)
         .keep_checkpoints(10)
@@ -325,11 +306,10 @@ fn accept_time_travel_to_every_kept_event() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn accept_retention_deletes_old_checkpoints_and_journal() -> Result<()> {
+fn accept_retention_deletes_old_checkpoints_and_journal(kind: Kind) -> Result<()> {
     let module = counter()?;
-    let dir = tempfile::tempdir()?;
-    let store = BoxStore::open_dir(dir.path())?;
+    let t = TestStore::new(kind)?;
+    let store = t.store.clone();
     let mut b = DurableBox::<String, String>::builder(&module, &store, "b")
         .checkpoint_every(2)
         .keep_checkpoints(2)
@@ -339,7 +319,7 @@ fn accept_retention_deletes_old_checkpoints_and_journal() -> Result<()> {
     for _ in 0..n {
         b.message("up")?;
     }
-    let names: Vec<String> = files(dir.path()).into_iter().map(|(n, _)| n).collect();
+    let names = t.names("b");
     let checkpoints: Vec<&String> = names
         .iter()
         .filter(|n| n.starts_with("checkpoint-"))
@@ -369,11 +349,10 @@ fn accept_retention_deletes_old_checkpoints_and_journal() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn reject_a_journal_that_does_not_reproduce_its_checkpoint() -> Result<()> {
+fn reject_a_journal_that_does_not_reproduce_its_checkpoint(kind: Kind) -> Result<()> {
     let module = counter()?;
-    let dir = tempfile::tempdir()?;
-    let store = BoxStore::open_dir(dir.path())?;
+    let t = TestStore::new(kind)?;
+    let store = t.store.clone();
     let (mut a, _) = open::<String, String>(&module, &store, 2)?;
     for _ in 0..3 {
         a.message("up")?;
@@ -386,15 +365,15 @@ fn reject_a_journal_that_does_not_reproduce_its_checkpoint() -> Result<()> {
     drop(verified);
     // Rewrite the message of event 1 ("up" → "x", a different message with a valid checksum):
     // replaying from checkpoint 0 no longer reaches checkpoint 2.
-    let seg = dir.path().join("b/journal-00000000000000000000.wbj");
-    let mut bytes = std::fs::read(&seg)?;
+    let seg = "journal-00000000000000000000.wbj";
+    let mut bytes = t.read("b", seg);
     let at = 60 + bytes[60..].windows(2).position(|w| w == b"up").unwrap();
     bytes[at] = b'd';
     bytes[at + 1] = b'n';
     let payload_len = u32::from_le_bytes(bytes[60..64].try_into()?) as usize;
     let crc = crc32(&bytes[68..68 + payload_len]);
     bytes[64..68].copy_from_slice(&crc.to_le_bytes());
-    std::fs::write(&seg, &bytes)?;
+    t.write("b", seg, &bytes);
     let err = DurableBox::<String, String>::builder(&module, &store, "b")
         .verify(true)
         .open(|_, _| {})
@@ -422,11 +401,10 @@ fn crc32(bytes: &[u8]) -> u32 {
     !crc
 }
 
-#[test]
-fn accept_failures_by_deadline_are_journaled_and_not_rerun() -> Result<()> {
+fn accept_failures_by_deadline_are_journaled_and_not_rerun(kind: Kind) -> Result<()> {
     let module = WasmBoxModule::from_file(guest("faults"))?;
-    let dir = tempfile::tempdir()?;
-    let store = BoxStore::open_dir(dir.path())?;
+    let t = TestStore::new(kind)?;
+    let store = t.store.clone();
     let limits = Limits {
         deadline_per_message: Some(std::time::Duration::from_millis(100)),
         ..Limits::default()
@@ -461,11 +439,10 @@ fn accept_failures_by_deadline_are_journaled_and_not_rerun() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn reject_a_journal_with_a_missing_segment() -> Result<()> {
+fn reject_a_journal_with_a_missing_segment(kind: Kind) -> Result<()> {
     let module = counter()?;
-    let dir = tempfile::tempdir()?;
-    let store = BoxStore::open_dir(dir.path())?;
+    let t = TestStore::new(kind)?;
+    let store = t.store.clone();
     let mut a = DurableBox::<String, String>::builder(&module, &store, "b")
         .checkpoint_every(2)
         .keep_checkpoints(3)
@@ -476,9 +453,8 @@ fn reject_a_journal_with_a_missing_segment() -> Result<()> {
     drop(a);
     // Recovery must go back to checkpoint 2 (4 is damaged), and the journal after 2 is gone:
     // replaying the segment after 4 onto the state at 2 would be silently wrong.
-    let newest = dir.path().join("b/checkpoint-00000000000000000004.delta");
-    std::fs::write(&newest, b"damaged")?;
-    std::fs::remove_file(dir.path().join("b/journal-00000000000000000002.wbj"))?;
+    t.write("b", "checkpoint-00000000000000000004.delta", b"damaged");
+    t.remove("b", "journal-00000000000000000002.wbj");
     let err = open::<String, String>(&module, &store, 2).unwrap_err();
     assert!(
         matches!(
@@ -494,11 +470,10 @@ fn reject_a_journal_with_a_missing_segment() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn accept_sync_boxes_of_one_store_on_many_threads() -> Result<()> {
+fn accept_sync_boxes_of_one_store_on_many_threads(kind: Kind) -> Result<()> {
     let module = counter()?;
-    let dir = tempfile::tempdir()?;
-    let store = BoxStore::open_dir(dir.path())?;
+    let t = TestStore::new(kind)?;
+    let store = t.store.clone();
     std::thread::scope(|s| {
         for t in 0..8 {
             let (module, store) = (&module, &store);
@@ -525,19 +500,18 @@ fn accept_sync_boxes_of_one_store_on_many_threads() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn accept_a_failure_whose_record_was_lost_is_skipped_on_replay() -> Result<()> {
+fn accept_a_failure_whose_record_was_lost_is_skipped_on_replay(kind: Kind) -> Result<()> {
     let module = WasmBoxModule::from_file(guest("faults"))?;
-    let dir = tempfile::tempdir()?;
-    let store = BoxStore::open_dir(dir.path())?;
+    let t = TestStore::new(kind)?;
+    let store = t.store.clone();
     let (mut a, _) = open::<String, String>(&module, &store, 0)?;
     a.message("up")?;
     assert!(a.message("panic").is_err());
     a.message("up")?;
     drop(a);
     // Cut the `Failed` record of message 2 out, as if the crash had come before it.
-    let seg = current_segment(dir.path());
-    let bytes = std::fs::read(&seg)?;
+    let seg = t.current_segment("b");
+    let bytes = t.read("b", &seg);
     let mut records = Vec::new();
     let mut at = 60;
     while at < bytes.len() {
@@ -552,7 +526,7 @@ fn accept_a_failure_whose_record_was_lost_is_skipped_on_replay() -> Result<()> {
             cut.extend_from_slice(r);
         }
     }
-    std::fs::write(&seg, &cut)?;
+    t.write("b", &seg, &cut);
     let (mut b, _) = open::<String, String>(&module, &store, 0)?;
     assert!(
         b.recovery().notes[0].contains("message 2 failed again"),
@@ -568,11 +542,10 @@ fn accept_a_failure_whose_record_was_lost_is_skipped_on_replay() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn accept_one_thread_submits_to_many_sync_boxes_and_commits_once() -> Result<()> {
+fn accept_one_thread_submits_to_many_sync_boxes_and_commits_once(kind: Kind) -> Result<()> {
     let module = counter()?;
-    let dir = tempfile::tempdir()?;
-    let store = BoxStore::open_dir(dir.path())?;
+    let t = TestStore::new(kind)?;
+    let store = t.store.clone();
     let out: Outputs<String> = Arc::default();
     let mut boxes: Vec<DurableBox<String, String>> = (0..3)
         .map(|i| {
@@ -610,3 +583,37 @@ fn accept_one_thread_submits_to_many_sync_boxes_and_commits_once() -> Result<()>
     same(&b.snapshot_state()?, &expected, "after submit and commit");
     Ok(())
 }
+
+/// Each test, once per store.
+macro_rules! both_stores {
+    ($($test:ident),* $(,)?) => {
+        mod dir {
+            $(#[test]
+            fn $test() -> anyhow::Result<()> {
+                super::$test(super::Kind::Dir)
+            })*
+        }
+        mod s3 {
+            $(#[test]
+            fn $test() -> anyhow::Result<()> {
+                super::$test(super::Kind::S3)
+            })*
+        }
+    };
+}
+
+both_stores!(
+    accept_recovery_equals_no_crash_for_every_example_guest,
+    accept_a_torn_tail_is_cut_and_reported,
+    reject_damage_in_the_middle_naming_file_and_offset_and_touch_nothing,
+    accept_an_older_checkpoint_when_the_latest_is_damaged,
+    reject_a_second_owner_and_another_module,
+    accept_time_travel_to_every_kept_event,
+    accept_retention_deletes_old_checkpoints_and_journal,
+    reject_a_journal_that_does_not_reproduce_its_checkpoint,
+    accept_failures_by_deadline_are_journaled_and_not_rerun,
+    reject_a_journal_with_a_missing_segment,
+    accept_sync_boxes_of_one_store_on_many_threads,
+    accept_a_failure_whose_record_was_lost_is_skipped_on_replay,
+    accept_one_thread_submits_to_many_sync_boxes_and_commits_once
+);

@@ -28,10 +28,19 @@
 //! file formats) and `journal-<seq>.wbj` (see `journal.rs`), where `<seq>` is the sequence
 //! number of the last event the checkpoint includes; the journal segment `journal-<S>` holds
 //! the events after checkpoint `S`.
+//!
+//! Stores: a local directory ([`BoxStore::open_dir`]) or, with the `s3` feature (on by
+//! default), S3-compatible object storage ([`BoxStore::open_s3`], [`BoxStore::open_url`]),
+//! where a lease with a fencing epoch lets one host at a time write a box, and
+//! [`DurableBox::release`] moves a box to another host (see `s3.rs`).
 
 mod journal;
+#[cfg(feature = "s3")]
+mod s3;
 mod store;
 
+#[cfg(feature = "s3")]
+pub use s3::S3Options;
 pub use store::{Appender, Backend, BoxStore};
 
 use crate::error::{DurableError, Error};
@@ -360,6 +369,10 @@ impl<In, Out> std::fmt::Debug for DurableBox<In, Out> {
 
 impl<In, Out> Drop for DurableBox<In, Out> {
     fn drop(&mut self) {
+        // What an object store still holds in memory goes up (a file has it already).
+        if self.stopped.is_none() {
+            let _ = self.journal.flush();
+        }
         if self.settings.durability == Durability::Sync {
             self.settings.store.group.leave();
         }
@@ -558,6 +571,8 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
 
     /// Replaces the box by one rebuilt from its latest checkpoint and journal.
     fn rebuild_inner(&mut self) -> Result<(), Error> {
+        // The rebuild reads the journal: what an object store still batches goes up first.
+        self.journal.flush()?;
         let backend = Arc::clone(&self.settings.store.backend);
         let fingerprint = self.inner.module().fingerprint();
         let place = Place {
@@ -645,6 +660,9 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
     }
 
     fn write_checkpoint(&mut self, full: bool) -> Result<(), Error> {
+        // The journal up to the checkpoint first: a checkpoint past the journal's end is
+        // refused on recovery.
+        self.journal.flush()?;
         let seq = self.next_seq - 1;
         let mut checkpoint = Checkpoint { seq, full };
         let bytes = if full {
@@ -702,6 +720,34 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
         Ok(())
     }
 
+    /// Makes every event journaled so far durable now: an object store uploads what its
+    /// journal segment still batches in memory; a directory syncs it to disk. Held outputs of
+    /// [`DurableBox::submit`] are delivered.
+    ///
+    /// # Errors
+    /// I/O errors, [`DurableError::NotOwner`] (the box then stops taking messages).
+    pub fn flush(&mut self) -> Result<(), Error> {
+        self.check_running()?;
+        if let Err(e) = self.journal.flush().and_then(|()| self.journal.sync()) {
+            self.stopped = Some(format!("a journal flush failed: {e}"));
+            return Err(e);
+        }
+        self.deliver_now();
+        Ok(())
+    }
+
+    /// Moves the box out of this host: writes a checkpoint, makes the journal durable and
+    /// gives up ownership, so that another host can [`open`](DurableBuilder::open) it at
+    /// once (without waiting for a lease to expire).
+    ///
+    /// # Errors
+    /// As [`DurableBox::checkpoint`] and [`DurableBox::flush`]; the box is closed either way
+    /// (an owner that could not give its lease up leaves it to expire).
+    pub fn release(mut self) -> Result<(), Error> {
+        self.checkpoint()?;
+        self.flush()
+    }
+
     /// The box's whole state now (it does not count as a checkpoint).
     ///
     /// # Errors
@@ -726,6 +772,7 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
                 newest,
             }));
         }
+        self.journal.flush()?;
         let backend = Arc::clone(&self.settings.store.backend);
         let fingerprint = self.inner.module().fingerprint();
         let place = Place {

@@ -83,6 +83,14 @@ pub trait Appender: Send + std::fmt::Debug {
     /// # Errors
     /// I/O errors.
     fn sync(&mut self) -> Result<(), Error>;
+    /// Makes everything appended so far visible to a reader of the object (an object store
+    /// uploads it; a file already is).
+    ///
+    /// # Errors
+    /// I/O errors.
+    fn flush(&mut self) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 /// A store of durable boxes: a cheap, cloneable handle over a [`Backend`].
@@ -105,6 +113,45 @@ impl BoxStore {
         })?;
         let dir = File::open(&root).map_err(io(&root))?;
         Ok(BoxStore::with_backend(DirBackend { root, dir }))
+    }
+
+    /// A store named by a URL: `file:///path/to/dir` (or a plain path) for a local directory,
+    /// `s3://bucket/prefix?endpoint=http://127.0.0.1:8333` for S3-compatible object storage
+    /// (see [`S3Options::from_url`](super::S3Options::from_url)).
+    ///
+    /// # Errors
+    /// [`Error::BadUrl`]; the errors of [`BoxStore::open_dir`] and [`BoxStore::open_s3`].
+    pub fn open_url(url: &str) -> Result<BoxStore, Error> {
+        if url.starts_with("s3://") {
+            #[cfg(feature = "s3")]
+            return BoxStore::open_s3(super::S3Options::from_url(url)?);
+            #[cfg(not(feature = "s3"))]
+            return Err(Error::BadUrl {
+                url: url.to_string(),
+                why: "this build has no object storage (the `s3` feature)".to_string(),
+            });
+        }
+        if let Some(path) = url.strip_prefix("file://") {
+            return BoxStore::open_dir(path);
+        }
+        if url.contains("://") {
+            return Err(Error::BadUrl {
+                url: url.to_string(),
+                why: "a store URL starts with s3:// or file://".to_string(),
+            });
+        }
+        BoxStore::open_dir(url)
+    }
+
+    /// A store in an S3-compatible bucket (one writer per box, by leases: see
+    /// [`S3Options`](super::S3Options)).
+    ///
+    /// # Errors
+    /// [`Error::BadUrl`] for settings the client refuses; [`Error::Io`] if its runtime cannot
+    /// start. Nothing is contacted until a box is opened.
+    #[cfg(feature = "s3")]
+    pub fn open_s3(options: super::S3Options) -> Result<BoxStore, Error> {
+        Ok(BoxStore::with_backend(super::s3::S3Backend::new(options)?))
     }
 
     /// A store over any backend.
@@ -268,12 +315,23 @@ impl Backend for DirBackend {
             .write(true)
             .open(&path)
             .map_err(io(&path))?;
-        match file.try_lock() {
-            Ok(()) => Ok(Box::new(file)),
-            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Durable(DurableError::Locked {
-                name: name.to_string(),
-            })),
-            Err(std::fs::TryLockError::Error(e)) => Err(io(&path)(e)),
+        // A lock just given up can linger for a moment: a child process forked by another
+        // thread holds a copy of the descriptor until it execs. So a busy lock is tried again
+        // for a short while before the box counts as open elsewhere.
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(250);
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Box::new(file)),
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(Error::Durable(DurableError::Locked {
+                        name: name.to_string(),
+                    }));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io(&path)(e)),
+            }
         }
     }
 
