@@ -13,8 +13,7 @@ use common::guest;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
-use wasmbox_host::durable::{BoxStore, DurableBox};
-use wasmbox_host::{WasmBoxHost, WasmBoxModule};
+use wasmbox_host::durable::BoxStore;
 
 const SEED: u64 = 7;
 const START: u64 = 1_000;
@@ -161,22 +160,5 @@ fn accept_no_acknowledged_message_is_lost_across_100_sigkills() -> Result<()> {
     );
 
     // The box's full state equals a box that received exactly `value` ups.
-    let module = WasmBoxModule::from_file(&wasm)?;
-    let store = BoxStore::open_dir(&store)?;
-    let mut durable =
-        DurableBox::<String, String>::builder(&module, &store, "box").open(|_, _| {})?;
-    let mut reference = WasmBoxHost::<String, String>::builder(&module)
-        .seed(SEED)
-        .start_time(START)
-        .rollback_on_trap(true)
-        .build(|_| {})?;
-    for _ in 0..value {
-        reference.message("up")?;
-    }
-    let (got, expected) = (durable.snapshot_state()?, reference.snapshot_state()?);
-    ensure!(
-        wasmbox_host::snapshot::encode_file(&got) == wasmbox_host::snapshot::encode_file(&expected),
-        "the recovered box differs from one that ran straight through"
-    );
-    Ok(())
+    common::check_counter_state(&wasm, &BoxStore::open_dir(&store)?, SEED, START, value)
 }

@@ -22,8 +22,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
-use wasmbox_host::durable::{BoxStore, DurableBox};
-use wasmbox_host::{WasmBoxHost, WasmBoxModule};
+use wasmbox_host::durable::BoxStore;
 
 const SEED: u64 = 7;
 const START: u64 = 1_000;
@@ -121,24 +120,7 @@ fn fresh_url(query: &str) -> Result<String> {
 
 /// The box's full state equals, byte for byte, a box that received exactly `ups` messages.
 fn check_state(module: &Path, url: &str, ups: u64) -> Result<()> {
-    let module = WasmBoxModule::from_file(module)?;
-    let store = BoxStore::open_url(url)?;
-    let mut durable =
-        DurableBox::<String, String>::builder(&module, &store, "box").open(|_, _| {})?;
-    let mut reference = WasmBoxHost::<String, String>::builder(&module)
-        .seed(SEED)
-        .start_time(START)
-        .rollback_on_trap(true)
-        .build(|_| {})?;
-    for _ in 0..ups {
-        reference.message("up")?;
-    }
-    let (got, expected) = (durable.snapshot_state()?, reference.snapshot_state()?);
-    ensure!(
-        wasmbox_host::snapshot::encode_file(&got) == wasmbox_host::snapshot::encode_file(&expected),
-        "the box differs from one that received exactly {ups} messages"
-    );
-    Ok(())
+    common::check_counter_state(module, &BoxStore::open_url(url)?, SEED, START, ups)
 }
 
 #[test]

@@ -163,33 +163,13 @@ fn messages(c: &mut Criterion, echo: &WasmBoxModule) {
     }
 }
 
-/// A box of the POKE guest with `mib` MiB of memory, all written.
-fn poke_box(module: &WasmBoxModule, store: &BoxStore, name: &str) -> DurableBox<Vec<u8>, u8> {
-    let mut b = DurableBox::<Vec<u8>, u8>::builder(module, store, name)
-        .checkpoint_every(0)
-        .checkpoint_bytes(u64::MAX)
-        .open(|_, _| {})
-        .expect("open");
-    let mut m = Vec::new();
-    let mut grown = 2u32;
-    while grown < 64 * 16 {
-        let n = (64 * 16 - grown).min(255);
-        m.extend_from_slice(&op(1, n as u8, 0, 0));
-        grown += n;
-    }
-    m.extend_from_slice(&op(0, 0x5a, 65536, (64 << 20) - 65536));
-    b.message(&m).expect("fill");
-    b.checkpoint().expect("checkpoint");
-    b
-}
-
 /// Figures 4–6.
 fn checkpoints_and_recovery(c: &mut Criterion, poke: &WasmBoxModule, counter: &WasmBoxModule) {
     let mut group = c.benchmark_group("durable_state");
     configure(&mut group);
     let dir = scratch("checkpoint");
     let store = BoxStore::open_dir(&dir).expect("store");
-    let mut b = poke_box(poke, &store, "c");
+    let mut b = common::poke_box(poke, &store, "c");
     let mut round = 0u8;
     let write_64k = op(0, 0, 65536 * 8, 65536);
     let checkpoint_ns = bench(&mut group, "checkpoint_after_64KiB", SAMPLES, |iters| {
@@ -218,7 +198,7 @@ fn checkpoints_and_recovery(c: &mut Criterion, poke: &WasmBoxModule, counter: &W
     // Recovery: the checkpoint, then 10,000 journaled 16 B messages.
     let rdir = scratch("recovery");
     let rstore = BoxStore::open_dir(&rdir).expect("store");
-    let mut r = poke_box(poke, &rstore, "r");
+    let mut r = common::poke_box(poke, &rstore, "r");
     for i in 0..10_000u32 {
         r.message(&op(0, (i % 200) as u8 + 1, 65536 + (i % 1000) * 64, 5).to_vec())
             .expect("message");

@@ -133,26 +133,6 @@ fn unique(tag: &str) -> String {
     format!("bench-{tag}-{}-{nanos}", std::process::id())
 }
 
-/// A box of the POKE guest with 64 MiB of memory, all written, checkpointed.
-fn poke_box(module: &WasmBoxModule, store: &BoxStore) -> DurableBox<Vec<u8>, u8> {
-    let mut b = DurableBox::<Vec<u8>, u8>::builder(module, store, "m")
-        .checkpoint_every(0)
-        .checkpoint_bytes(u64::MAX)
-        .open(|_, _| {})
-        .expect("open");
-    let mut m = Vec::new();
-    let mut grown = 2u32;
-    while grown < 64 * 16 {
-        let n = (64 * 16 - grown).min(255);
-        m.extend_from_slice(&op(1, n as u8, 0, 0));
-        grown += n;
-    }
-    m.extend_from_slice(&op(0, 0x5a, 65536, (64 << 20) - 65536));
-    b.message(&m).expect("fill");
-    b.checkpoint().expect("checkpoint");
-    b
-}
-
 /// Figure 1.
 fn migrate(c: &mut Criterion, server: &Server, poke: &WasmBoxModule) {
     let mut group = c.benchmark_group("s3_migrate");
@@ -191,7 +171,7 @@ fn migrate(c: &mut Criterion, server: &Server, poke: &WasmBoxModule) {
         BoxStore::open_url(&server.url(&prefix, "&holder=A")).expect("A"),
         BoxStore::open_url(&server.url(&prefix, "&holder=B")).expect("B"),
     ];
-    let mut current = Some(poke_box(poke, &hosts[0]));
+    let mut current = Some(common::poke_box(poke, &hosts[0], "m"));
     let mut on = 0;
     let mut round = 0u8;
     let migrate_ns = bench(&mut group, "migrate_64MiB_box", SAMPLES, |iters| {

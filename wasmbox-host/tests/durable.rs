@@ -584,6 +584,37 @@ fn accept_one_thread_submits_to_many_sync_boxes_and_commits_once(kind: Kind) -> 
     Ok(())
 }
 
+/// The head in the bucket is untrusted input too: a part whose length it misstates (as 2^62
+/// bytes) is reported as damage, never allocated; an epoch that cannot grow is refused.
+#[test]
+fn reject_a_head_that_lies_in_object_storage() -> Result<()> {
+    let module = counter()?;
+    let t = TestStore::new(Kind::S3)?;
+    let (mut a, _) = open::<String, String>(&module, &t.store, 0)?;
+    a.message("up")?;
+    drop(a);
+    let seg = t.current_segment("b");
+    let honest = t.read("b", &seg);
+    t.edit_head("b", |h| h.objects.get_mut(&seg).unwrap()[0].1 = 1 << 62);
+    let err = open::<String, String>(&module, &t.store, 0).unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_ref::<Error>(),
+            Some(Error::Durable(DurableError::Corrupt { .. }))
+        ) && err
+            .to_string()
+            .contains("the box's head says 4611686018427387904"),
+        "{err}"
+    );
+    t.write("b", &seg, &honest);
+    t.edit_head("b", |h| {
+        h.rest.insert("epoch".into(), u64::MAX.into());
+    });
+    let err = open::<String, String>(&module, &t.store, 0).unwrap_err();
+    assert!(err.to_string().contains("epoch cannot grow"), "{err}");
+    Ok(())
+}
+
 /// Each test, once per store.
 macro_rules! both_stores {
     ($($test:ident),* $(,)?) => {

@@ -80,3 +80,33 @@ pub fn run_guest(module: &Path, extra: &[&str], stdin: &str) -> Result<Run> {
     args.extend(extra.iter().map(OsStr::new));
     cli(&args, stdin)
 }
+
+/// The counter box `box` in `store` has, byte for byte, the full state of a box (seed `seed`,
+/// start time `start`) that received exactly `ups` "up" messages.
+pub fn check_counter_state(
+    wasm: &Path,
+    store: &wasmbox_host::durable::BoxStore,
+    seed: u64,
+    start: u64,
+    ups: u64,
+) -> Result<()> {
+    use wasmbox_host::durable::DurableBox;
+    use wasmbox_host::{WasmBoxHost, WasmBoxModule};
+    let module = WasmBoxModule::from_file(wasm)?;
+    let mut durable =
+        DurableBox::<String, String>::builder(&module, store, "box").open(|_, _| {})?;
+    let mut reference = WasmBoxHost::<String, String>::builder(&module)
+        .seed(seed)
+        .start_time(start)
+        .rollback_on_trap(true)
+        .build(|_| {})?;
+    for _ in 0..ups {
+        reference.message("up")?;
+    }
+    let (got, expected) = (durable.snapshot_state()?, reference.snapshot_state()?);
+    ensure!(
+        wasmbox_host::snapshot::encode_file(&got) == wasmbox_host::snapshot::encode_file(&expected),
+        "the box differs from one that received exactly {ups} messages"
+    );
+    Ok(())
+}

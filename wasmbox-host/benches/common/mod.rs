@@ -273,3 +273,28 @@ pub fn memcpy_buffers(len: usize) -> (Vec<u8>, Vec<u8>) {
 mod poke;
 #[allow(unused_imports)] // Not every benchmark pokes.
 pub use poke::{POKE, op};
+
+/// A durable box of the POKE guest with 64 MiB of memory, all written, checkpointed (no
+/// automatic checkpoints after that).
+pub fn poke_box(
+    module: &wasmbox_host::WasmBoxModule,
+    store: &wasmbox_host::durable::BoxStore,
+    name: &str,
+) -> wasmbox_host::durable::DurableBox<Vec<u8>, u8> {
+    let mut b = wasmbox_host::durable::DurableBox::<Vec<u8>, u8>::builder(module, store, name)
+        .checkpoint_every(0)
+        .checkpoint_bytes(u64::MAX)
+        .open(|_, _| {})
+        .expect("open");
+    let mut m = Vec::new();
+    let mut grown = 2u32;
+    while grown < 64 * 16 {
+        let n = (64 * 16 - grown).min(255);
+        m.extend_from_slice(&op(1, n as u8, 0, 0));
+        grown += n;
+    }
+    m.extend_from_slice(&op(0, 0x5a, 65536, (64 << 20) - 65536));
+    b.message(&m).expect("fill");
+    b.checkpoint().expect("checkpoint");
+    b
+}

@@ -496,6 +496,19 @@ impl Shared {
     }
 }
 
+impl Held {
+    /// An object's parts as this owner last committed them.
+    fn parts(&self, object: &str) -> Option<Vec<(String, u64)>> {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .head
+            .objects
+            .get(object)
+            .cloned()
+    }
+}
+
 fn not_owner(name: &str, holder: &str) -> Error {
     Error::Durable(DurableError::NotOwner {
         name: name.to_string(),
@@ -565,14 +578,7 @@ impl Backend for S3Backend {
     fn read(&self, name: &str, object: &str) -> Result<Vec<u8>, Error> {
         let s = &self.shared;
         let parts = match s.held(name) {
-            Some(held) => held
-                .state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .head
-                .objects
-                .get(object)
-                .cloned(),
+            Some(held) => held.parts(object),
             None => s
                 .fetch_head(name)?
                 .and_then(|(h, _)| h.objects.get(object).cloned()),
@@ -581,14 +587,26 @@ impl Backend for S3Backend {
             path: s.url(&s.path(name, object)),
             source: std::io::ErrorKind::NotFound.into(),
         })?;
-        let mut bytes = Vec::with_capacity(parts.iter().map(|p| p.1 as usize).sum());
-        for (key, _) in parts {
+        // The head is untrusted input like the parts: its lengths are checked against what
+        // arrives, never used to allocate.
+        let mut bytes = Vec::new();
+        for (key, len) in parts {
             let path = s.path(name, &key);
             let client = Arc::clone(&s.client);
             let p = path.clone();
             let got = s
                 .run(async move { client.get(&p).await?.bytes().await })
                 .map_err(|e| s.io(&path, e))?;
+            if got.len() as u64 != len {
+                return Err(Error::Durable(DurableError::Corrupt {
+                    file: object.to_string(),
+                    offset: bytes.len() as u64,
+                    what: format!(
+                        "its part {key} has {} bytes, the box's head says {len}",
+                        got.len()
+                    ),
+                }));
+            }
             bytes.extend_from_slice(&got);
         }
         Ok(bytes)
@@ -667,7 +685,13 @@ impl Backend for S3Backend {
                 if !old.expired(now_ms()) {
                     return Err(locked());
                 }
-                head.epoch = old.epoch + 1;
+                head.epoch = old.epoch.checked_add(1).ok_or_else(|| {
+                    Error::Durable(DurableError::Corrupt {
+                        file: s.path(name, HEAD).to_string(),
+                        offset: 0,
+                        what: "the lease's epoch cannot grow".to_string(),
+                    })
+                })?;
                 head.objects = old.objects;
                 (s.put_head(name, &head, etag)?.ok_or_else(locked)?, true)
             }
@@ -728,14 +752,9 @@ impl Backend for S3Backend {
         let held = s
             .held(name)
             .ok_or_else(|| not_owner(name, "(not held here)"))?;
-        let len: u64 = held
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .head
-            .objects
-            .get(object)
-            .map_or(0, |parts| parts.iter().map(|p| p.1).sum());
+        let len = held.parts(object).map_or(0, |parts| {
+            parts.iter().fold(0u64, |n, p| n.saturating_add(p.1))
+        });
         if len > keep {
             // A damaged tail: rewrite the object cut to its good part.
             let mut bytes = self.read(name, object)?;

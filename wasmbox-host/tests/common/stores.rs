@@ -163,6 +163,16 @@ impl TestStore {
         }
     }
 
+    /// Changes a box's head in the bucket behind the store's back (object stores only).
+    pub fn edit_head(&self, name: &str, f: impl FnOnce(&mut Head)) {
+        let Place::S3(base) = &self.place else {
+            panic!("a directory store has no head")
+        };
+        let mut h = head(base, name).unwrap();
+        f(&mut h);
+        put_head(base, name, &h).unwrap();
+    }
+
     /// The newest journal segment's name.
     pub fn current_segment(&self, name: &str) -> String {
         self.names(name)
