@@ -615,6 +615,29 @@ fn reject_a_head_that_lies_in_object_storage() -> Result<()> {
     Ok(())
 }
 
+/// In object storage, a `Buffered` box's records are uploaded by its flusher within the batch
+/// delay while the box sits idle (nothing flushes, checkpoints or drops it): a crash loses at
+/// most that delay.
+#[test]
+fn accept_buffered_records_reach_object_storage_while_the_box_is_idle() -> Result<()> {
+    let module = counter()?;
+    let t = TestStore::new(Kind::S3)?;
+    let (mut a, _) = open::<String, String>(&module, &t.store, 0)?;
+    let seg = t.current_segment("b");
+    let before = t.read("b", &seg).len();
+    a.message("up")?;
+    let start = std::time::Instant::now();
+    while t.read("b", &seg).len() == before {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "the record was not uploaded while the box sat idle"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(a.last_seq(), 1);
+    Ok(())
+}
+
 /// Each test, once per store.
 macro_rules! both_stores {
     ($($test:ident),* $(,)?) => {

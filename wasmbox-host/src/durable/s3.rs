@@ -761,13 +761,7 @@ impl Backend for S3Backend {
             bytes.truncate(usize::try_from(keep).unwrap_or(usize::MAX));
             self.write(name, object, &bytes)?;
         }
-        Ok(Box::new(S3Appender {
-            shared: Arc::clone(&self.shared),
-            name: name.to_string(),
-            object: object.to_string(),
-            pending: Vec::new(),
-            since: None,
-        }))
+        S3Appender::start(&self.shared, name, object)
     }
 }
 
@@ -800,47 +794,176 @@ fn renew(shared: &Shared, name: &str, stop: &(Mutex<bool>, Condvar), every: Dura
 }
 
 /// A journal segment in object storage: appends gather in memory; a flush uploads them as
-/// the segment's next part and commits it in the head.
+/// the segment's next part and commits it in the head. A flusher thread does that at most
+/// `batch_delay` after the first append of a batch, so a record is stored within that delay
+/// without the box waiting for it; [`Appender::sync`] does it at once (and waits for a flush
+/// in progress). Uploads are serialised, so parts follow each other in the order of their
+/// records.
 #[derive(Debug)]
 struct S3Appender {
+    batch: Arc<Batch>,
+    flusher: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Batch {
     shared: Arc<Shared>,
     name: String,
     object: String,
+    state: Mutex<BatchState>,
+    /// Wakes the flusher: a first append, or the end.
+    wake: Condvar,
+    /// Held for a whole upload: uploads happen one at a time, in order.
+    upload: Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct BatchState {
     pending: Vec<u8>,
     /// When the oldest pending byte was appended.
     since: Option<Instant>,
+    /// Why the flusher's last upload failed (the box must stop; its records stay pending).
+    failed: Option<Error>,
+    closing: bool,
+}
+
+impl S3Appender {
+    fn start(shared: &Arc<Shared>, name: &str, object: &str) -> Result<Box<dyn Appender>, Error> {
+        let batch = Arc::new(Batch {
+            shared: Arc::clone(shared),
+            name: name.to_string(),
+            object: object.to_string(),
+            state: Mutex::default(),
+            wake: Condvar::new(),
+            upload: Mutex::new(()),
+        });
+        let b = Arc::clone(&batch);
+        let flusher = std::thread::Builder::new()
+            .name(format!("journal {name}"))
+            .spawn(move || b.flusher())
+            .map_err(|source| Error::Io {
+                path: "(journal flusher thread)".into(),
+                source,
+            })?;
+        Ok(Box::new(S3Appender {
+            batch,
+            flusher: Some(flusher),
+        }))
+    }
+}
+
+impl Batch {
+    fn state(&self) -> std::sync::MutexGuard<'_, BatchState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Uploads what is pending as the next part and commits it.
+    fn upload(&self) -> Result<(), Error> {
+        let _turn = self.upload.lock().unwrap_or_else(PoisonError::into_inner);
+        let bytes = {
+            let mut st = self.state();
+            if let Some(e) = st.failed.take() {
+                return Err(e);
+            }
+            st.since = None;
+            std::mem::take(&mut st.pending)
+        };
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let stored = self
+            .shared
+            .put_part(&self.name, &self.object, bytes.clone())
+            .and_then(|part| {
+                self.shared.commit(&self.name, |h| {
+                    let parts = h.objects.entry(self.object.clone()).or_default();
+                    if !parts.contains(&part) {
+                        parts.push(part.clone());
+                    }
+                })
+            });
+        if stored.is_err() {
+            // Not stored: these records come first in the next try.
+            let mut st = self.state();
+            let mut again = bytes;
+            again.append(&mut st.pending);
+            st.pending = again;
+            st.since.get_or_insert_with(Instant::now);
+        }
+        stored
+    }
+
+    /// The flusher thread: uploads each batch once its first record waited `batch_delay`.
+    fn flusher(&self) {
+        let delay = self.shared.options.batch_delay;
+        let mut st = self.state();
+        loop {
+            if st.closing {
+                return;
+            }
+            let due = match st.since {
+                None => {
+                    st = self.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
+                    continue;
+                }
+                Some(since) => since + delay,
+            };
+            let now = Instant::now();
+            if now < due {
+                st = self
+                    .wake
+                    .wait_timeout(st, due - now)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+                continue;
+            }
+            if st.failed.is_some() {
+                // The owner has not seen the last failure yet: wait for it.
+                st = self.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            drop(st);
+            let result = self.upload();
+            st = self.state();
+            if let Err(e) = result {
+                st.failed = Some(e);
+            }
+        }
+    }
 }
 
 impl Appender for S3Appender {
     fn append(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        self.pending.extend_from_slice(bytes);
-        let since = *self.since.get_or_insert_with(Instant::now);
-        if since.elapsed() >= self.shared.options.batch_delay {
-            self.sync()?;
+        let mut st = self.batch.state();
+        if let Some(e) = st.failed.take() {
+            return Err(e);
+        }
+        st.pending.extend_from_slice(bytes);
+        if st.since.is_none() {
+            st.since = Some(Instant::now());
+            self.batch.wake.notify_all();
         }
         Ok(())
     }
 
     fn sync(&mut self) -> Result<(), Error> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let part = self
-            .shared
-            .put_part(&self.name, &self.object, self.pending.clone())?;
-        self.shared.commit(&self.name, |h| {
-            let parts = h.objects.entry(self.object.clone()).or_default();
-            if !parts.contains(&part) {
-                parts.push(part.clone());
-            }
-        })?;
-        self.pending.clear();
-        self.since = None;
-        Ok(())
+        let result = self.batch.upload();
+        self.batch.wake.notify_all();
+        result
     }
 
     fn flush(&mut self) -> Result<(), Error> {
         self.sync()
+    }
+}
+
+impl Drop for S3Appender {
+    fn drop(&mut self) {
+        self.batch.state().closing = true;
+        self.batch.wake.notify_all();
+        if let Some(t) = self.flusher.take() {
+            let _ = t.join();
+        }
     }
 }
 
