@@ -638,6 +638,56 @@ fn accept_buffered_records_reach_object_storage_while_the_box_is_idle() -> Resul
     Ok(())
 }
 
+/// A live owner renews its lease in the background: idle for three times its time-to-live,
+/// its box is still its own — another host is refused — and takes messages.
+#[test]
+fn accept_a_live_owner_keeps_its_box_past_the_lease_timeout() -> Result<()> {
+    let module = counter()?;
+    let t = TestStore::new(Kind::S3)?;
+    let a_store = BoxStore::open_url(&format!("{}&holder=A&lease_ttl_ms=300", t.url))?;
+    let b_store = BoxStore::open_url(&format!("{}&holder=B&lease_ttl_ms=300", t.url))?;
+    let (mut a, _) = open::<String, String>(&module, &a_store, 0)?;
+    a.message("up")?;
+    std::thread::sleep(std::time::Duration::from_millis(900));
+    let err = open::<String, String>(&module, &b_store, 0).unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_ref::<Error>(),
+            Some(Error::Durable(DurableError::Locked { .. }))
+        ),
+        "{err}"
+    );
+    a.message("up")?;
+    Ok(())
+}
+
+/// `release()` moves a box to another host at once — no waiting for the lease (a minute
+/// here) — and the box goes on there as if it had never moved.
+#[test]
+fn accept_release_moves_a_box_to_another_host_at_once() -> Result<()> {
+    let module = counter()?;
+    let t = TestStore::new(Kind::S3)?;
+    let a_store = BoxStore::open_url(&format!("{}&holder=A&lease_ttl_ms=60000", t.url))?;
+    let b_store = BoxStore::open_url(&format!("{}&holder=B&lease_ttl_ms=60000", t.url))?;
+    let (mut a, _) = open::<String, String>(&module, &a_store, 0)?;
+    a.message("up")?;
+    a.message("up")?;
+    a.release()?;
+    let (mut b, out) = open::<String, String>(&module, &b_store, 0)?;
+    assert_eq!(b.recovery().replayed, 0, "released with a checkpoint");
+    b.message("up")?;
+    assert_eq!(*out.lock().unwrap(), [(3, "value=3".to_string())]);
+    let (expected, _) = straight::<String, String>(&module, &strings(&["up"; 3]))?;
+    same(&b.snapshot_state()?, &expected, "after moving");
+    // And back: A may not write to it meanwhile, and gets it again once B releases it.
+    assert!(open::<String, String>(&module, &a_store, 0).is_err());
+    b.release()?;
+    let (mut a, _) = open::<String, String>(&module, &a_store, 0)?;
+    let (expected, _) = straight::<String, String>(&module, &strings(&["up"; 3]))?;
+    same(&a.snapshot_state()?, &expected, "moved back");
+    Ok(())
+}
+
 /// Each test, once per store.
 macro_rules! both_stores {
     ($($test:ident),* $(,)?) => {
