@@ -316,6 +316,36 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBuilder<In, Out> {
     }
 }
 
+impl BoxStore {
+    /// A store named by a URL: `file:///path/to/dir` (or a plain path) for a local directory,
+    /// `s3://bucket/prefix?endpoint=http://127.0.0.1:8333` for S3-compatible object storage
+    /// (see [`S3Options::from_url`]).
+    ///
+    /// # Errors
+    /// [`Error::BadUrl`]; the errors of [`BoxStore::open_dir`] and [`BoxStore::open_s3`].
+    pub fn open_url(url: &str) -> Result<BoxStore, Error> {
+        if url.starts_with("s3://") {
+            #[cfg(feature = "s3")]
+            return BoxStore::open_s3(S3Options::from_url(url)?);
+            #[cfg(not(feature = "s3"))]
+            return Err(Error::BadUrl {
+                url: url.to_string(),
+                why: "this build has no object storage (the `s3` feature)".to_string(),
+            });
+        }
+        if let Some(path) = url.strip_prefix("file://") {
+            return BoxStore::open_dir(path);
+        }
+        if url.contains("://") {
+            return Err(Error::BadUrl {
+                url: url.to_string(),
+                why: "a store URL starts with s3:// or file://".to_string(),
+            });
+        }
+        BoxStore::open_dir(url)
+    }
+}
+
 /// The builder's settings a box keeps.
 #[derive(Debug)]
 struct Settings {

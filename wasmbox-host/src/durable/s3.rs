@@ -20,7 +20,7 @@
 //! write too, so two hosts racing for a box cannot both win. Expiry is judged by the clocks of
 //! the hosts, which must agree to well within the time-to-live.
 
-use super::store::{Appender, Backend};
+use super::store::{Appender, Backend, BoxStore};
 use crate::error::{DurableError, Error};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
@@ -762,6 +762,18 @@ impl Backend for S3Backend {
             self.write(name, object, &bytes)?;
         }
         S3Appender::start(&self.shared, name, object)
+    }
+}
+
+impl BoxStore {
+    /// A store in an S3-compatible bucket (one writer per box, by leases: see
+    /// [`S3Options`]).
+    ///
+    /// # Errors
+    /// [`Error::BadUrl`] for settings the client refuses; [`Error::Io`] if its runtime cannot
+    /// start. Nothing is contacted until a box is opened.
+    pub fn open_s3(options: super::S3Options) -> Result<BoxStore, Error> {
+        Ok(BoxStore::with_backend(S3Backend::new(options)?))
     }
 }
 

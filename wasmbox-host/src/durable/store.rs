@@ -115,45 +115,6 @@ impl BoxStore {
         Ok(BoxStore::with_backend(DirBackend { root, dir }))
     }
 
-    /// A store named by a URL: `file:///path/to/dir` (or a plain path) for a local directory,
-    /// `s3://bucket/prefix?endpoint=http://127.0.0.1:8333` for S3-compatible object storage
-    /// (see [`S3Options::from_url`](super::S3Options::from_url)).
-    ///
-    /// # Errors
-    /// [`Error::BadUrl`]; the errors of [`BoxStore::open_dir`] and [`BoxStore::open_s3`].
-    pub fn open_url(url: &str) -> Result<BoxStore, Error> {
-        if url.starts_with("s3://") {
-            #[cfg(feature = "s3")]
-            return BoxStore::open_s3(super::S3Options::from_url(url)?);
-            #[cfg(not(feature = "s3"))]
-            return Err(Error::BadUrl {
-                url: url.to_string(),
-                why: "this build has no object storage (the `s3` feature)".to_string(),
-            });
-        }
-        if let Some(path) = url.strip_prefix("file://") {
-            return BoxStore::open_dir(path);
-        }
-        if url.contains("://") {
-            return Err(Error::BadUrl {
-                url: url.to_string(),
-                why: "a store URL starts with s3:// or file://".to_string(),
-            });
-        }
-        BoxStore::open_dir(url)
-    }
-
-    /// A store in an S3-compatible bucket (one writer per box, by leases: see
-    /// [`S3Options`](super::S3Options)).
-    ///
-    /// # Errors
-    /// [`Error::BadUrl`] for settings the client refuses; [`Error::Io`] if its runtime cannot
-    /// start. Nothing is contacted until a box is opened.
-    #[cfg(feature = "s3")]
-    pub fn open_s3(options: super::S3Options) -> Result<BoxStore, Error> {
-        Ok(BoxStore::with_backend(super::s3::S3Backend::new(options)?))
-    }
-
     /// A store over any backend.
     pub fn with_backend(backend: impl Backend + 'static) -> BoxStore {
         BoxStore {
