@@ -758,7 +758,8 @@ impl<In, Out: DeserializeOwned + Send + 'static> DurableBox<In, Out> {
     /// I/O errors, [`DurableError::NotOwner`] (the box then stops taking messages).
     pub fn flush(&mut self) -> Result<(), Error> {
         self.check_running()?;
-        if let Err(e) = self.journal.flush().and_then(|()| self.journal.sync()) {
+        // `sync` makes durable, which includes visible (`flush`).
+        if let Err(e) = self.journal.sync() {
             self.stopped = Some(format!("a journal flush failed: {e}"));
             return Err(e);
         }

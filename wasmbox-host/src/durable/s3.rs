@@ -286,12 +286,16 @@ impl Shared {
         format!("s3://{}/{path}", self.options.bucket).into()
     }
 
-    /// Runs a request on the store's runtime and waits for it (also from inside another async
-    /// runtime's thread, which a `block_on` would refuse).
-    fn run<T: Send + 'static>(
-        &self,
-        f: impl Future<Output = object_store::Result<T>> + Send + 'static,
-    ) -> object_store::Result<T> {
+    /// Runs one request about `path` — `request(client, path)` — on the store's runtime and
+    /// waits for it (also from inside another async runtime's thread, which a `block_on`
+    /// would refuse).
+    fn call<T, F, Fut>(&self, path: &Path, request: F) -> object_store::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<dyn ObjectStore>, Path) -> Fut,
+        Fut: Future<Output = object_store::Result<T>> + Send + 'static,
+    {
+        let f = request(Arc::clone(&self.client), path.clone());
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.runtime.spawn(async move {
             let _ = tx.send(f.await);
@@ -319,12 +323,16 @@ impl Shared {
             .cloned()
     }
 
+    /// A box this store holds, or [`DurableError::NotOwner`].
+    fn owned(&self, name: &str) -> Result<Arc<Held>, Error> {
+        self.held(name)
+            .ok_or_else(|| not_owner(name, "(this store does not hold the box)"))
+    }
+
     /// The head as stored, with its ETag (`None` for a box that does not exist).
     fn fetch_head(&self, name: &str) -> Result<Option<(Head, Option<String>)>, Error> {
         let path = self.path(name, HEAD);
-        let client = Arc::clone(&self.client);
-        let p = path.clone();
-        let got = self.run(async move {
+        let got = self.call(&path, |client, p| async move {
             let r = client.get(&p).await?;
             let etag = r.meta.e_tag.clone();
             Ok((r.bytes().await?, etag))
@@ -365,9 +373,7 @@ impl Shared {
                 version: None,
             }),
         };
-        let client = Arc::clone(&self.client);
-        let p = path.clone();
-        let put = self.run(async move {
+        let put = self.call(&path, |client, p| async move {
             client
                 .put_opts(&p, PutPayload::from(bytes), PutOptions::from(mode))
                 .await
@@ -386,23 +392,18 @@ impl Shared {
     /// Changes the head of a box this store holds: `change` applied, the lease renewed, the
     /// head written only if nobody else wrote it since. A lost condition means another host
     /// took the box: [`DurableError::NotOwner`], now and for every later call.
-    fn commit(&self, name: &str, change: impl Fn(&mut Head)) -> Result<(), Error> {
-        let held = self.held(name).ok_or_else(|| {
-            Error::Durable(DurableError::NotOwner {
-                name: name.to_string(),
-                holder: "(this store does not hold the box)".to_string(),
-            })
-        })?;
+    fn commit(&self, name: &str, mut change: impl FnMut(&mut Head)) -> Result<(), Error> {
+        let held = self.owned(name)?;
         let mut st = held.state.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(holder) = &st.lost {
             return Err(not_owner(name, holder));
         }
-        let mut next = st.head.clone();
-        change(&mut next);
-        next.renewed_ms = now_ms();
         // One retry: a write whose answer was lost may have landed (the stored head is then
         // ours, with our epoch), which is not a lost lease.
         for _ in 0..2 {
+            let mut next = st.head.clone();
+            change(&mut next);
+            next.renewed_ms = now_ms();
             match self.put_head(name, &next, st.etag.clone())? {
                 Some(etag) => {
                     st.head = next;
@@ -415,9 +416,6 @@ impl Shared {
                     {
                         st.etag = etag;
                         st.head = stored;
-                        next = st.head.clone();
-                        change(&mut next);
-                        next.renewed_ms = now_ms();
                     }
                     other => {
                         let holder =
@@ -436,12 +434,7 @@ impl Shared {
 
     /// Uploads a part (multipart when large) under a name nobody else uses.
     fn put_part(&self, name: &str, object: &str, bytes: Vec<u8>) -> Result<(String, u64), Error> {
-        let held = self.held(name).ok_or_else(|| {
-            Error::Durable(DurableError::NotOwner {
-                name: name.to_string(),
-                holder: "(this store does not hold the box)".to_string(),
-            })
-        })?;
+        let held = self.owned(name)?;
         let epoch = held
             .state
             .lock()
@@ -454,9 +447,7 @@ impl Shared {
         let key = format!("{object}.e{epoch}.p{n}");
         let path = self.path(name, &key);
         let len = bytes.len() as u64;
-        let client = Arc::clone(&self.client);
-        let p = path.clone();
-        self.run(async move {
+        self.call(&path, |client, p| async move {
             if bytes.len() < MULTIPART_FROM {
                 client.put(&p, PutPayload::from(bytes)).await?;
             } else {
@@ -473,20 +464,20 @@ impl Shared {
 
     fn delete_parts(&self, name: &str, parts: Vec<(String, u64)>) {
         for (key, _) in parts {
-            let client = Arc::clone(&self.client);
-            let path = self.path(name, &key);
             // Best effort: a part the head no longer names is not part of the box.
-            let _ = self.run(async move { client.delete(&path).await });
+            let _ = self.call(&self.path(name, &key), |client, p| async move {
+                client.delete(&p).await
+            });
         }
     }
 
     /// Every key under a box, relative to it.
     fn keys(&self, name: &str) -> Result<Vec<String>, Error> {
         let dir = self.path(name, "");
-        let client = Arc::clone(&self.client);
-        let d = dir.clone();
         let listed = self
-            .run(async move { client.list_with_delimiter(Some(&d)).await })
+            .call(&dir, |client, d| async move {
+                client.list_with_delimiter(Some(&d)).await
+            })
             .map_err(|e| self.io(&dir, e))?;
         Ok(listed
             .objects
@@ -544,12 +535,14 @@ impl Drop for Lease {
 impl Backend for S3Backend {
     fn boxes(&self) -> Result<Vec<String>, Error> {
         let s = &self.shared;
-        let prefix = (!s.options.prefix.is_empty()).then(|| Path::from(s.options.prefix.as_str()));
-        let client = Arc::clone(&s.client);
-        let p = prefix.clone();
+        let prefix = Path::from(s.options.prefix.as_str());
         let listed = s
-            .run(async move { client.list_with_delimiter(p.as_ref()).await })
-            .map_err(|e| s.io(&prefix.clone().unwrap_or_default(), e))?;
+            .call(&prefix, |client, p| async move {
+                // The whole bucket when there is no prefix.
+                let p = (!p.as_ref().is_empty()).then_some(p);
+                client.list_with_delimiter(p.as_ref()).await
+            })
+            .map_err(|e| s.io(&prefix, e))?;
         let mut names = Vec::new();
         for dir in &listed.common_prefixes {
             // A box is a prefix with a head (a server may list a prefix whose objects are gone).
@@ -592,10 +585,10 @@ impl Backend for S3Backend {
         let mut bytes = Vec::new();
         for (key, len) in parts {
             let path = s.path(name, &key);
-            let client = Arc::clone(&s.client);
-            let p = path.clone();
             let got = s
-                .run(async move { client.get(&p).await?.bytes().await })
+                .call(&path, |client, p| async move {
+                    client.get(&p).await?.bytes().await
+                })
                 .map_err(|e| s.io(&path, e))?;
             if got.len() as u64 != len {
                 return Err(Error::Durable(DurableError::Corrupt {
@@ -614,28 +607,24 @@ impl Backend for S3Backend {
 
     fn write(&self, name: &str, object: &str, bytes: &[u8]) -> Result<(), Error> {
         let part = self.shared.put_part(name, object, bytes.to_vec())?;
-        let old = Mutex::new(Vec::new());
+        let mut old = Vec::new();
         self.shared.commit(name, |h| {
-            let replaced = h.objects.insert(object.to_string(), vec![part.clone()]);
-            *old.lock().unwrap_or_else(PoisonError::into_inner) = replaced.unwrap_or_default();
+            old = h
+                .objects
+                .insert(object.to_string(), vec![part.clone()])
+                .unwrap_or_default();
         })?;
-        let old = old.into_inner().unwrap_or_else(PoisonError::into_inner);
         self.shared
             .delete_parts(name, old.into_iter().filter(|p| p.0 != part.0).collect());
         Ok(())
     }
 
     fn remove(&self, name: &str, object: &str) -> Result<(), Error> {
-        let old = Mutex::new(Vec::new());
+        let mut old = Vec::new();
         self.shared.commit(name, |h| {
-            if let Some(parts) = h.objects.remove(object) {
-                *old.lock().unwrap_or_else(PoisonError::into_inner) = parts;
-            }
+            old = h.objects.remove(object).unwrap_or_default();
         })?;
-        self.shared.delete_parts(
-            name,
-            old.into_inner().unwrap_or_else(PoisonError::into_inner),
-        );
+        self.shared.delete_parts(name, old);
         Ok(())
     }
 
@@ -643,10 +632,8 @@ impl Backend for S3Backend {
         let lease = self.lock(name)?;
         let s = &self.shared;
         for key in s.keys(name)? {
-            let client = Arc::clone(&s.client);
             let path = s.path(name, &key);
-            let p = path.clone();
-            match s.run(async move { client.delete(&p).await }) {
+            match s.call(&path, |client, p| async move { client.delete(&p).await }) {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(s.io(&path, e)),
             }
@@ -749,9 +736,7 @@ impl Backend for S3Backend {
 
     fn append(&self, name: &str, object: &str, keep: u64) -> Result<Box<dyn Appender>, Error> {
         let s = &self.shared;
-        let held = s
-            .held(name)
-            .ok_or_else(|| not_owner(name, "(not held here)"))?;
+        let held = s.owned(name)?;
         let len = held.parts(object).map_or(0, |parts| {
             parts.iter().fold(0u64, |n, p| n.saturating_add(p.1))
         });
