@@ -403,6 +403,17 @@ fn split_file(kind: Kind, bytes: &[u8]) -> Result<(FileHeader, &[u8]), SnapshotE
             "the header has unknown flags {flags:#x}"
         )));
     }
+    // The MAC field is zero exactly when the flags say there is no MAC (a real MAC is zero
+    // with probability 2^-256): a flipped bit in it, or in the flag, is damage a host without
+    // the key can still see.
+    let mac_is_zero = header[SEALED_HEADER..].iter().all(|&b| b == 0);
+    if (flags & FLAG_MAC != 0) == mac_is_zero {
+        return Err(SnapshotError::Malformed(if mac_is_zero {
+            "the header says a MAC follows, but its MAC field is zero".to_string()
+        } else {
+            "the header says there is no MAC, but its MAC field is not zero".to_string()
+        }));
+    }
     let mut len = [0u8; 8];
     len.copy_from_slice(&header[16..24]);
     let len = u64::from_le_bytes(len);
