@@ -162,6 +162,8 @@ impl<In, Out: DeserializeOwned> WasmBoxBuilder<In, Out> {
         let status = host.guest_call(Live::run_init)?;
         host.deliver_outputs()?;
         // The state after init is the first baseline: the parent of the box's first delta.
+        // Init ran before the tracker was armed, so what it wrote is not known.
+        host.live.forget_nonzero();
         host.live.mark_captured();
         match Status::from_code(status) {
             Some(Status::Ok) => Ok(host),

@@ -10,20 +10,43 @@ use crate::limits::Limits;
 use crate::live::Live;
 use crate::module::WasmBoxModule;
 use crate::snapshot::{
-    FORMAT_VERSION, MemoryChunk, MemoryView, SnapshotView, is_zero, nonzero_runs,
+    ChunkView, FORMAT_VERSION, MemoryChunk, MemoryView, SnapshotView, is_zero, nonzero_ranges,
 };
-use crate::tracking::BLOCK;
+use crate::tracking::{BLOCK, Blocks, ChangeTracking};
 
 /// The box's whole state, borrowing its memory: every mutable global, the memory's size and
-/// non-zero 4 KiB blocks, the clock, the generator, and the limits it runs under.
+/// non-zero 4 KiB blocks, the clock, the generator, and the limits it runs under. With
+/// `baseline`, it becomes the parent of the box's next delta.
+///
+/// With the kernel's change tracking, only the blocks that may be non-zero are read
+/// ([`Live::nonzero`] plus what one scan of the page tables reports; before the tracker is
+/// armed nothing was written since the instance was made, so no scan is needed): the cost
+/// follows the memory in use, not the memory's size. With hash tracking the whole memory is
+/// read, as a hash pass would cost as much (those boxes are also the reference the tests
+/// compare the kernel's with).
 ///
 /// # Errors
-/// If a global holds a value a snapshot cannot hold (the load-time pass refuses such modules).
+/// If a global holds a value a snapshot cannot hold (the load-time pass refuses such modules),
+/// or the kernel's tracking was required and fails.
 pub(crate) fn capture<'a>(
     live: &'a mut Live,
     module: &WasmBoxModule,
     limits: &Limits,
+    baseline: bool,
 ) -> Result<SnapshotView<'a>, Error> {
+    let kernel = live.tracker.method() == ChangeTracking::Kernel;
+    if baseline || (kernel && live.tracker.is_armed()) {
+        live.collect_changes()?;
+    }
+    // The kernel's tracker may have fallen back to hashes in `collect_changes`.
+    let runs = if kernel && live.tracker.method() == ChangeTracking::Kernel {
+        candidate_runs(live)
+    } else {
+        nonzero_ranges(live.memory.data(&live.store))
+    };
+    if baseline {
+        live.mark_captured();
+    }
     let globals = live.read_globals(module)?;
     let live = &*live;
     let data = live.memory.data(&live.store);
@@ -34,13 +57,46 @@ pub(crate) fn capture<'a>(
         id: live.id,
         memory: MemoryView {
             pages: data.len() as u64 / PAGE_SIZE,
-            chunks: nonzero_runs(data),
+            chunks: runs
+                .into_iter()
+                .map(|r| ChunkView {
+                    offset: r.start as u64,
+                    bytes: &data[r],
+                })
+                .collect(),
         },
         globals,
         clock: state.clock,
         rng: state.rng.clone(),
         limits: *limits,
     })
+}
+
+/// The runs of non-zero blocks among those that may be non-zero (`nonzero` and `changed`), as
+/// byte ranges — the same runs [`nonzero_ranges`] finds in the whole memory — which then become
+/// `nonzero`, exactly. The tracker must have reported every write.
+fn candidate_runs(live: &mut Live) -> Vec<std::ops::Range<usize>> {
+    let data = live.memory.data(&live.store);
+    let blocks = data.len() / BLOCK;
+    let mut candidates = live.changed.clone();
+    candidates.union(&live.nonzero);
+    let mut found = Blocks::default();
+    let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+    for run in candidates.runs() {
+        for block in run.start.min(blocks)..run.end.min(blocks) {
+            let range = block * BLOCK..(block + 1) * BLOCK;
+            if is_zero(&data[range.clone()]) {
+                continue;
+            }
+            found.insert(block);
+            match runs.last_mut() {
+                Some(r) if r.end == range.start => r.end = range.end,
+                _ => runs.push(range),
+            }
+        }
+    }
+    live.nonzero = found;
+    runs
 }
 
 /// The delta of a live box since its last capture, which it then becomes: the blocks the

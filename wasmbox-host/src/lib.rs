@@ -323,7 +323,7 @@ where
         F: FnMut(Out) + Send + 'static,
     {
         self.check_usable()?;
-        let view = capture::capture(&mut self.live, &self.module, &self.options.limits)?;
+        let view = capture::capture(&mut self.live, &self.module, &self.options.limits, false)?;
         let live = restore::restore(&self.module, &self.options, Source::Snapshot(&view))?;
         Ok(WasmBoxHost::from_live(
             self.module.clone(),
@@ -400,7 +400,10 @@ where
     /// checkpoints are the chain; looking at its state must not break it).
     pub(crate) fn capture_state(&mut self) -> Result<Snapshot, Error> {
         self.check_usable()?;
-        Ok(capture::capture(&mut self.live, &self.module, &self.options.limits)?.to_snapshot())
+        Ok(
+            capture::capture(&mut self.live, &self.module, &self.options.limits, false)?
+                .to_snapshot(),
+        )
     }
 
     /// The codec of the box's messages.
@@ -411,9 +414,7 @@ where
     /// The box's state, borrowing its memory (see `capture.rs`), for the caller to keep: it
     /// becomes the parent of the next delta.
     fn capture(&mut self) -> Result<snapshot::SnapshotView<'_>, Error> {
-        self.live.collect_changes()?;
-        self.live.mark_captured();
-        capture::capture(&mut self.live, &self.module, &self.options.limits)
+        capture::capture(&mut self.live, &self.module, &self.options.limits, true)
     }
 
     /// Restores `source` into a fresh instance and swaps it in; on error the box is unchanged.

@@ -8,7 +8,7 @@ use crate::limits::{LimitKind, Limits};
 use crate::module::WasmBoxModule;
 use crate::sandbox::{BoxState, Clock};
 use crate::snapshot::{GlobalValue, MemoryView, SnapshotId, Value, unsupported_global};
-use crate::tracking::{Blocks, ChangeTracking, Tracker};
+use crate::tracking::{BLOCK, Blocks, ChangeTracking, Tracker};
 use rand_chacha::ChaCha20Rng;
 use wasmbox::abi::{self, Codec};
 use wasmtime::{Global, Instance, InstancePre, Memory, Store, TypedFunc};
@@ -38,6 +38,9 @@ pub(crate) struct Live {
     /// Blocks that may have changed since the last capture or restore, as far as the tracker
     /// has been asked.
     pub changed: Blocks,
+    /// Blocks that may be non-zero: every block outside `nonzero`, `changed` and what the
+    /// tracker has not reported yet is zero. A capture reads only these (see `capture.rs`).
+    pub nonzero: Blocks,
     /// The id of the current state.
     pub id: SnapshotId,
     /// The id of the last captured or restored state: the parent of the next delta.
@@ -109,9 +112,13 @@ impl Live {
             .ok_or_else(|| Error::NotAGuest("the module's memory export is missing".into()))?;
         store.data_mut().memory = Some(memory);
         let missing = |e: wasmtime::Error| Error::NotAGuest(format!("{e:#}"));
+        // A fresh instance's memory is zero outside the module's data segments, unless guest
+        // code ran in it (the first instance of a module is asked for its codecs).
+        let mut nonzero = Blocks::covering(inner.info.data_ranges.iter().cloned());
         let codecs = match inner.guest_codecs.get() {
             Some(codecs) => *codecs,
             None => {
+                nonzero.insert_range(0..memory.data_size(&store) / BLOCK);
                 let codecs = guest_codecs(&instance, &mut store)?;
                 let _ = inner.guest_codecs.set(codecs);
                 codecs
@@ -139,6 +146,7 @@ impl Live {
         Ok(Live {
             tracker: Tracker::new(options.change_tracking)?,
             changed: Blocks::default(),
+            nonzero,
             id: SnapshotId::new_box(
                 &inner.fingerprint,
                 options.seed,
@@ -182,8 +190,16 @@ impl Live {
     /// Makes the current state the baseline of the next delta: called by every capture that
     /// gives the caller a snapshot of this box, and by every restore.
     pub fn mark_captured(&mut self) {
+        self.nonzero.union(&self.changed);
         self.changed.clear();
         self.baseline = self.id;
+    }
+
+    /// After guest code ran without the tracker (the guest's init): any block may be
+    /// non-zero.
+    pub fn forget_nonzero(&mut self) {
+        let blocks = self.memory.data_size(&self.store) / BLOCK;
+        self.nonzero.insert_range(0..blocks);
     }
 
     /// Gives the box this clock and generator: the one place where they are installed.
@@ -229,11 +245,7 @@ impl Live {
 
     /// Makes this fresh instance's memory exactly as large as `image` and equal to it (zero
     /// outside its chunks). `image` is already checked against the module and the limits.
-    pub fn load_memory(
-        &mut self,
-        module: &WasmBoxModule,
-        image: &MemoryView<'_>,
-    ) -> Result<(), Error> {
+    pub fn load_memory(&mut self, image: &MemoryView<'_>) -> Result<(), Error> {
         let current_pages = self.memory.size(&self.store);
         if image.pages > current_pages {
             self.memory
@@ -247,14 +259,21 @@ impl Live {
         }
         let data = self.memory.data_mut(&mut self.store);
         debug_assert_eq!(data.len() as u64, image.pages * PAGE_SIZE);
-        // A fresh instance's memory is zero except where active data segments wrote (the
-        // start function, which could write anywhere, has not run: see `instrument`).
-        for range in &module.inner.info.data_ranges {
-            let end = (range.end as usize).min(data.len());
-            if let Some(bytes) = data.get_mut(range.start as usize..end) {
+        // A fresh instance's memory is zero outside `nonzero`: where active data segments
+        // wrote (the start function, which could write anywhere, has not run: see
+        // `instrument`), or everywhere if guest code ran.
+        for run in self.nonzero.runs() {
+            let end = (run.end * BLOCK).min(data.len());
+            if let Some(bytes) = data.get_mut(run.start * BLOCK..end) {
                 bytes.fill(0);
             }
         }
+        self.nonzero = Blocks::covering(
+            image
+                .chunks
+                .iter()
+                .map(|c| c.offset..c.offset + c.bytes.len() as u64),
+        );
         for chunk in &image.chunks {
             let start = chunk.offset as usize;
             let dst = data

@@ -39,7 +39,7 @@ pub(crate) fn restore(
         Source::Snapshot(view) => {
             check(module, Some(&options.limits), view)?;
             let mut live = Live::instantiate(module, &module.inner.pre, options)?;
-            live.load_memory(module, &view.memory)?;
+            live.load_memory(&view.memory)?;
             live.write_globals(&view.globals)?;
             (live, view.clock, view.rng.clone(), view.id)
         }
@@ -49,7 +49,8 @@ pub(crate) fn restore(
                 return Err(Error::ForeignTemplate);
             }
             check_pages(module, Some(&options.limits), t.pages)?;
-            let live = Live::instantiate(module, &t.pre, options)?;
+            let mut live = Live::instantiate(module, &t.pre, options)?;
+            live.nonzero.clone_from(&t.nonzero);
             (live, t.clock, t.rng.clone(), t.id)
         }
     };

@@ -345,23 +345,29 @@ const ZERO_BLOCK: usize = crate::tracking::BLOCK;
 
 /// Splits `memory` into runs of 4 KiB blocks that are not all zeros.
 pub(crate) fn nonzero_runs(memory: &[u8]) -> Vec<ChunkView<'_>> {
-    let mut runs: Vec<(usize, usize)> = Vec::new();
+    nonzero_ranges(memory)
+        .into_iter()
+        .map(|r| ChunkView {
+            offset: r.start as u64,
+            bytes: &memory[r],
+        })
+        .collect()
+}
+
+/// The byte ranges of [`nonzero_runs`].
+pub(crate) fn nonzero_ranges(memory: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
     for (i, block) in memory.chunks(ZERO_BLOCK).enumerate() {
         if is_zero(block) {
             continue;
         }
         let start = i * ZERO_BLOCK;
         match runs.last_mut() {
-            Some((s, len)) if *s + *len == start => *len += block.len(),
-            _ => runs.push((start, block.len())),
+            Some(r) if r.end == start => r.end += block.len(),
+            _ => runs.push(start..start + block.len()),
         }
     }
-    runs.into_iter()
-        .map(|(s, len)| ChunkView {
-            offset: s as u64,
-            bytes: &memory[s..s + len],
-        })
-        .collect()
+    runs
 }
 
 pub(crate) fn is_zero(bytes: &[u8]) -> bool {

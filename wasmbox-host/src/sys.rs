@@ -28,6 +28,8 @@ const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
 const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
 const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
 const PAGE_IS_WRITTEN: u64 = 1 << 1;
+const PAGE_IS_PRESENT: u64 = 1 << 3;
+const PAGE_IS_SWAPPED: u64 = 1 << 4;
 
 /// Makes everything written to the file system that holds `file` durable, in one call:
 /// `syncfs(2)`. A group commit of many boxes' journals costs one of these instead of one
@@ -290,7 +292,44 @@ impl Kernel {
         base: usize,
         len: usize,
         rearm: bool,
-        mut written: impl FnMut(usize, usize),
+        written: impl FnMut(usize, usize),
+    ) -> Result<(), String> {
+        let flags = if rearm {
+            PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC
+        } else {
+            PM_SCAN_CHECK_WPASYNC
+        };
+        self.pagemap_scan(base, len, flags, (PAGE_IS_WRITTEN, 0), written)
+    }
+
+    /// Calls `touched(start, end)` (byte offsets from `base`) for every run of pages of
+    /// `[base, base + len)` that has a page or a swap entry: the pages of an anonymous mapping
+    /// that are *not* reported were never touched and read as zeros. (Not so in a file
+    /// mapping, whose absent pages hold the file's bytes: callers pass anonymous ranges only.)
+    pub(crate) fn touched(
+        &self,
+        base: usize,
+        len: usize,
+        touched: impl FnMut(usize, usize),
+    ) -> Result<(), String> {
+        self.pagemap_scan(
+            base,
+            len,
+            0,
+            (0, PAGE_IS_PRESENT | PAGE_IS_SWAPPED),
+            touched,
+        )
+    }
+
+    /// One `PAGEMAP_SCAN` walk of `[base, base + len)` with `flags`, reporting the runs of
+    /// pages that have all categories of `all` and any of `any`.
+    fn pagemap_scan(
+        &self,
+        base: usize,
+        len: usize,
+        flags: u64,
+        (all, any): (u64, u64),
+        mut found: impl FnMut(usize, usize),
     ) -> Result<(), String> {
         let mut regions = [PageRegion::default(); 64];
         let end = (base + len) as u64;
@@ -298,11 +337,7 @@ impl Kernel {
         while start < end {
             let mut arg = PmScanArg {
                 size: size_of::<PmScanArg>() as u64,
-                flags: if rearm {
-                    PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC
-                } else {
-                    PM_SCAN_CHECK_WPASYNC
-                },
+                flags,
                 start,
                 end,
                 walk_end: 0,
@@ -310,14 +345,14 @@ impl Kernel {
                 vec_len: regions.len() as u64,
                 max_pages: 0,
                 category_inverted: 0,
-                category_mask: PAGE_IS_WRITTEN,
-                category_anyof_mask: 0,
-                return_mask: PAGE_IS_WRITTEN,
+                category_mask: all,
+                category_anyof_mask: any,
+                return_mask: all | any,
             };
             let n = ioctl(&self.pagemap, PAGEMAP_SCAN, &mut arg, "PAGEMAP_SCAN")?;
             let n = usize::try_from(n).unwrap_or(0).min(regions.len());
             for r in &regions[..n] {
-                written(
+                found(
                     (r.start - base as u64) as usize,
                     (r.end - base as u64) as usize,
                 );

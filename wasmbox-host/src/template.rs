@@ -51,6 +51,8 @@ pub(crate) struct TemplateInner {
     pub pre: InstancePre<BoxState>,
     /// The memory size the template instantiates with, in pages.
     pub pages: u64,
+    /// The blocks its memory image covers (the rest of its memory is zero).
+    pub nonzero: crate::tracking::Blocks,
     pub clock: Clock,
     pub rng: ChaCha20Rng,
     /// The id of the snapshot it was prepared from, which its boxes start with.
@@ -89,6 +91,13 @@ impl WasmBoxModule {
                 base: self.clone(),
                 pre,
                 pages: snapshot.memory.pages,
+                nonzero: crate::tracking::Blocks::covering(
+                    snapshot
+                        .memory
+                        .chunks
+                        .iter()
+                        .map(|c| c.offset..c.offset + c.bytes.len() as u64),
+                ),
                 clock: snapshot.clock,
                 rng: snapshot.rng.clone(),
                 id: snapshot.id,

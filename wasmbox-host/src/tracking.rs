@@ -43,6 +43,18 @@ pub(crate) struct Blocks {
 }
 
 impl Blocks {
+    /// The blocks that overlap any of the byte ranges.
+    pub fn covering(ranges: impl IntoIterator<Item = std::ops::Range<u64>>) -> Blocks {
+        let mut blocks = Blocks::default();
+        for r in ranges {
+            if r.start < r.end {
+                let (start, end) = (r.start / BLOCK as u64, r.end.div_ceil(BLOCK as u64));
+                blocks.insert_range(start as usize..end as usize);
+            }
+        }
+        blocks
+    }
+
     pub fn insert(&mut self, block: usize) {
         let word = block / 64;
         if word >= self.words.len() {
@@ -204,7 +216,7 @@ impl Tracker {
     /// Adds to `written` every block of `memory` that may have changed since the last call,
     /// and makes `memory` as it is now the baseline of the next. The first call only arms the
     /// tracker (nothing was written before it: see the module docs). Blocks added by memory
-    /// growth count as written.
+    /// growth count as written (the kernel's: those that were touched since).
     ///
     /// If the kernel refuses to track or scan the memory, the tracker switches to hashes (the
     /// blocks it could not account for are reported as written).
@@ -224,9 +236,17 @@ impl Tracker {
                             written.insert_range(s / BLOCK..e.div_ceil(BLOCK));
                         })
                         .and_then(|()| {
-                            // Growth: the new pages were never protected.
-                            written.insert_range(tracked_len / BLOCK..blocks);
-                            kernel.track(base + tracked_len, memory.len() - tracked_len)
+                            // Growth: the new pages were never protected. Those the kernel
+                            // never gave a page are still the zeros growth made (growth maps
+                            // anonymous memory: a module's or template's image lies within its
+                            // initial size), so only the touched ones may have changed.
+                            let grown = memory.len() - tracked_len;
+                            kernel.touched(base + tracked_len, grown, |s, e| {
+                                written.insert_range(
+                                    (tracked_len + s) / BLOCK..(tracked_len + e).div_ceil(BLOCK),
+                                );
+                            })?;
+                            kernel.track(base + tracked_len, grown)
                         }),
                     Some(_) => {
                         // The memory moved (a memory that is not statically reserved grew):

@@ -320,6 +320,67 @@ fn accept_kernel_tracking_is_the_default_here() -> Result<()> {
     Ok(())
 }
 
+/// A box with the kernel's tracking reads only the memory that may be in use when it takes a
+/// full snapshot (pages a grown memory never touched are skipped); one with hashes reads all
+/// of it. Both must store exactly the same state after every step — messages that grow the
+/// memory with and without writing it, restores, templates (whose image is mapped, not
+/// copied), forks, snapshots taken before any message after a restore — and the kernel's
+/// snapshot of the sparse memory must stay small.
+#[test]
+fn accept_kernel_snapshots_equal_full_reads_of_sparse_memory() -> Result<()> {
+    use memory::{Request, Summary};
+    let module = WasmBoxModule::from_file(guest("memory"))?;
+    let new = |method| {
+        WasmBoxHost::<Request, Summary>::builder(&module)
+            .change_tracking(method)
+            .build(|_| {})
+    };
+    let (mut kernel, mut hash) = (new(ChangeTracking::Kernel)?, new(ChangeTracking::Hash)?);
+    let script = [
+        Request::Reserve { mib: 60 },
+        Request::Grow { mib: 1, seed: 3 },
+        Request::Reserve { mib: 3 },
+        Request::Sum,
+        Request::Grow { mib: 2, seed: 4 },
+        Request::Clear,
+        Request::Reserve { mib: 1 },
+        Request::Grow { mib: 1, seed: 5 },
+    ];
+    for (i, request) in script.iter().enumerate() {
+        kernel.message(request)?;
+        hash.message(request)?;
+        let (k, h) = (kernel.snapshot_state()?, hash.snapshot_state()?);
+        same_bytes(&k, &h, &format!("step {i}"));
+        assert!(
+            k.memory.stored_bytes() <= 8 << 20,
+            "step {i}: {} bytes stored",
+            k.memory.stored_bytes()
+        );
+        match i % 3 {
+            0 => {
+                kernel.restore_snapshot(&h)?;
+                hash.restore_snapshot(&h)?;
+            }
+            1 => {
+                let template = module.prepare_template(&h)?;
+                kernel.restore_template(&template)?;
+                hash.restore_template(&template)?;
+            }
+            _ => {
+                kernel = kernel.fork(|_| {})?;
+                hash = hash.fork(|_| {})?;
+            }
+        }
+        same_bytes(
+            &kernel.snapshot_state()?,
+            &hash.snapshot_state()?,
+            &format!("step {i}, before any message of the restored box"),
+        );
+    }
+    assert_eq!(kernel.change_tracking(), ChangeTracking::Kernel);
+    Ok(())
+}
+
 #[test]
 fn accept_deltas_hold_only_the_written_blocks() -> Result<()> {
     let module = poke_module(false);
