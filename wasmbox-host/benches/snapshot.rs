@@ -133,6 +133,16 @@ fn dense(c: &mut Criterion, module: &WasmBoxModule) {
                 },
             )
         });
+        // The same box, state replaced in place: its memory is mapped and resident already.
+        let in_place = bench(&mut group, "restore_in_place", SAMPLES, |iters| {
+            timed(iters, || {
+                src.restore_snapshot(&snap).expect("restore in place");
+            })
+        });
+        assert!(
+            src.snapshot_state().expect("snapshot") == snap,
+            "restored in place, the box differs from its snapshot"
+        );
         let restore_builder = bench(&mut group, "builder_restore", SAMPLES, |iters| {
             timed_with_setup(
                 iters,
@@ -169,6 +179,21 @@ fn dense(c: &mut Criterion, module: &WasmBoxModule) {
                 &what,
                 2.0,
             );
+        } else if mib == 256 {
+            report_info(
+                &format!("snapshot_state/dense_{mib}MiB"),
+                take,
+                floor,
+                &what,
+            );
+            report_info(&format!("snapshot_into/dense_{mib}MiB"), into, floor, &what);
+            report_ratio(
+                &format!("restore_snapshot/dense_{mib}MiB"),
+                restore,
+                floor,
+                &what,
+                2.0,
+            );
         } else {
             report_info(
                 &format!("snapshot_state/dense_{mib}MiB"),
@@ -180,6 +205,22 @@ fn dense(c: &mut Criterion, module: &WasmBoxModule) {
             report_info(
                 &format!("restore_snapshot/dense_{mib}MiB"),
                 restore,
+                floor,
+                &what,
+            );
+        }
+        if mib >= 64 {
+            report_ratio(
+                &format!("restore_snapshot in place/dense_{mib}MiB (the same box)"),
+                in_place,
+                floor,
+                &what,
+                1.2,
+            );
+        } else {
+            report_info(
+                &format!("restore_snapshot in place/dense_{mib}MiB (the same box)"),
+                in_place,
                 floor,
                 &what,
             );

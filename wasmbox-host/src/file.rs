@@ -142,6 +142,9 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, Error> {
     bytes
         .try_reserve_exact(usize::try_from(len).unwrap_or(usize::MAX))
         .map_err(|e| io(std::io::Error::other(e)))?;
+    if bytes.capacity() >= crate::snapshot::HUGE_BUFFERS_FROM {
+        crate::snapshot::advise_huge_pages(bytes.as_ptr(), bytes.capacity(), true);
+    }
     // Read what the file holds, never more than its size said.
     file.take(len).read_to_end(&mut bytes).map_err(io)?;
     Ok(bytes)

@@ -417,8 +417,17 @@ where
         capture::capture(&mut self.live, &self.module, &self.options.limits, true)
     }
 
-    /// Restores `source` into a fresh instance and swaps it in; on error the box is unchanged.
+    /// Restores `source` into the box: a snapshot in place into a healthy box where it can
+    /// (see `restore::restore_in_place`), else into a fresh instance swapped in; on error the
+    /// box is unchanged.
     fn replace_live(&mut self, source: Source<'_, '_>) -> Result<(), Error> {
+        if let Source::Snapshot(view) = &source
+            && self.poisoned.is_none()
+            && restore::restore_in_place(&mut self.live, &self.module, &self.options, view)?
+        {
+            self.undo.invalidate();
+            return Ok(());
+        }
         self.live = restore::restore(&self.module, &self.options, source)?;
         self.poisoned = None;
         self.undo.invalidate();

@@ -7,7 +7,9 @@ use crate::file::SnapshotKey;
 use crate::limits::{LimitKind, Limits};
 use crate::module::WasmBoxModule;
 use crate::sandbox::{BoxState, Clock};
-use crate::snapshot::{GlobalValue, MemoryView, SnapshotId, Value, unsupported_global};
+use crate::snapshot::{
+    GlobalValue, MemoryView, SnapshotId, Value, advise_huge_pages, unsupported_global,
+};
 use crate::tracking::{BLOCK, Blocks, ChangeTracking, Tracker};
 use rand_chacha::ChaCha20Rng;
 use wasmbox::abi::{self, Codec};
@@ -26,6 +28,10 @@ pub(crate) struct BoxOptions {
     pub codec: Codec,
     pub change_tracking: ChangeTracking,
 }
+
+/// A restore fills memory on huge pages from this size on (and when at least half of it is
+/// stored).
+const HUGE_MEMORY_FROM: usize = 4 << 20;
 
 // An instance and the handles the host uses on it. Invariant: `globals[i]` is the export of
 // `module.inner.info.mutable_globals[i]` of the module this instance was made from, so the two
@@ -195,11 +201,13 @@ impl Live {
         self.baseline = self.id;
     }
 
-    /// After guest code ran without the tracker (the guest's init): any block may be
-    /// non-zero.
+    /// After guest code ran without the tracker (the guest's init): any block it touched may
+    /// be non-zero — those the kernel has given a page, or every block where it cannot say.
     pub fn forget_nonzero(&mut self) {
-        let blocks = self.memory.data_size(&self.store) / BLOCK;
-        self.nonzero.insert_range(0..blocks);
+        let data = self.memory.data(&self.store);
+        if !self.tracker.touched(data, &mut self.nonzero) {
+            self.nonzero.insert_range(0..data.len() / BLOCK);
+        }
     }
 
     /// Gives the box this clock and generator: the one place where they are installed.
@@ -243,8 +251,14 @@ impl Live {
         Ok(())
     }
 
-    /// Makes this fresh instance's memory exactly as large as `image` and equal to it (zero
-    /// outside its chunks). `image` is already checked against the module and the limits.
+    /// Makes the memory exactly as large as `image` and equal to it (zero outside its chunks):
+    /// for a fresh instance, or a live one being restored in place. The memory must not be
+    /// larger than `image`'s; the tracker must not be armed (these writes are the restore's,
+    /// not the guest's); every block that may be non-zero must be in `nonzero` or `changed`
+    /// (only those are cleared). `image` is already checked against the module and the limits.
+    ///
+    /// # Errors
+    /// If the memory cannot grow (nothing is changed then) or a chunk lies outside it.
     pub fn load_memory(&mut self, image: &MemoryView<'_>) -> Result<(), Error> {
         let current_pages = self.memory.size(&self.store);
         if image.pages > current_pages {
@@ -259,21 +273,34 @@ impl Live {
         }
         let data = self.memory.data_mut(&mut self.store);
         debug_assert_eq!(data.len() as u64, image.pages * PAGE_SIZE);
-        // A fresh instance's memory is zero outside `nonzero`: where active data segments
-        // wrote (the start function, which could write anywhere, has not run: see
-        // `instrument`), or everywhere if guest code ran.
-        for run in self.nonzero.runs() {
-            let end = (run.end * BLOCK).min(data.len());
-            if let Some(bytes) = data.get_mut(run.start * BLOCK..end) {
-                bytes.fill(0);
-            }
+        // Memory about to be filled mostly: huge pages spare most of the page faults of the
+        // pages not yet touched. The advice is taken back once it is filled, so that pages the
+        // guest touches later (or the next instance of a pooled slot) are not 2 MiB each.
+        // Change tracking stays per 4 KiB: the kernel splits a huge page on its first tracked
+        // write.
+        let stored: usize = image.chunks.iter().map(|c| c.bytes.len()).sum();
+        let huge = stored >= HUGE_MEMORY_FROM && stored >= data.len() / 2;
+        if huge {
+            advise_huge_pages(data.as_ptr(), data.len(), true);
         }
-        self.nonzero = Blocks::covering(
+        let covered = Blocks::covering(
             image
                 .chunks
                 .iter()
                 .map(|c| c.offset..c.offset + c.bytes.len() as u64),
         );
+        // Clear what may be non-zero and no chunk overwrites.
+        let mut stale = std::mem::take(&mut self.nonzero);
+        stale.union(&self.changed);
+        let blocks = data.len() / BLOCK;
+        for run in stale.runs() {
+            for block in run.start.min(blocks)..run.end.min(blocks) {
+                if !covered.contains(block) {
+                    data[block * BLOCK..(block + 1) * BLOCK].fill(0);
+                }
+            }
+        }
+        self.nonzero = covered;
         for chunk in &image.chunks {
             let start = chunk.offset as usize;
             let dst = data
@@ -286,7 +313,20 @@ impl Live {
                 })?;
             dst.copy_from_slice(chunk.bytes);
         }
+        if huge {
+            advise_huge_pages(data.as_ptr(), data.len(), false);
+        }
         Ok(())
+    }
+
+    /// Resets what the store holds for the host besides the guest's state (WASI's descriptor
+    /// table, the transient state of calls) to what a fresh instance's has.
+    pub fn reset_store_state(&mut self, options: &BoxOptions) {
+        let memory = self.store.data().memory;
+        let state = self.store.data_mut();
+        *state = BoxState::new(options.seed, &options.limits, options.stdout_to_stderr);
+        state.memory = memory;
+        self.input = None;
     }
 
     /// Forgets the cached input buffer (after a failed call: the guest may not have kept it).

@@ -14,6 +14,7 @@ use crate::live::{BoxOptions, Live};
 use crate::module::WasmBoxModule;
 use crate::snapshot::SnapshotView;
 use crate::template::Template;
+use crate::tracking::ChangeTracking;
 
 /// Where a restored state comes from.
 pub(crate) enum Source<'s, 'a> {
@@ -59,4 +60,46 @@ pub(crate) fn restore(
     live.id = id;
     live.mark_captured();
     Ok(live)
+}
+
+/// Replaces the state of `live`, a healthy instance of `module`, by the snapshot's in place —
+/// the memory is already mapped and resident, so the copy costs no page faults — when the
+/// kernel tracks its writes (the blocks that may be non-zero are then known without reading
+/// the memory) and its memory is not larger than the snapshot's (wasm memories do not
+/// shrink). Returns `Ok(false)`, having changed no state, when it cannot; the caller then
+/// restores into a fresh instance.
+///
+/// # Errors
+/// As [`restore`]'s checks, or the memory cannot grow; the box is unchanged. (Nothing fails
+/// after the memory has grown: the checks guarantee that the chunks lie inside it and that
+/// the globals are the module's, of their types.)
+pub(crate) fn restore_in_place(
+    live: &mut Live,
+    module: &WasmBoxModule,
+    options: &BoxOptions,
+    view: &SnapshotView<'_>,
+) -> Result<bool, Error> {
+    check(module, Some(&options.limits), view)?;
+    if live.tracker.method() != ChangeTracking::Kernel
+        || view.memory.pages < live.memory.size(&live.store)
+    {
+        return Ok(false);
+    }
+    // What the guest wrote since the tracker last reported, into `changed`: with `nonzero`,
+    // every block that may be non-zero. Then the tracker stops, as in a fresh instance, until
+    // the next guest call: the restore's own writes are not the guest's.
+    if live.tracker.is_armed() {
+        let data = live.memory.data(&live.store);
+        if live.tracker.peek(data, &mut live.changed).is_err() {
+            return Ok(false);
+        }
+    }
+    live.tracker.disarm();
+    live.load_memory(&view.memory)?;
+    live.write_globals(&view.globals)?;
+    live.reset_store_state(options);
+    live.install(view.clock, view.rng.clone());
+    live.id = view.id;
+    live.mark_captured();
+    Ok(true)
 }

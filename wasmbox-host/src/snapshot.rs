@@ -318,6 +318,9 @@ impl SnapshotView<'_> {
             .map(|chunk| {
                 let mut bytes = spare.next().map(|c| c.bytes).unwrap_or_default();
                 bytes.clear();
+                if bytes.capacity() < chunk.bytes.len() {
+                    bytes = fresh_buffer(chunk.bytes.len());
+                }
                 bytes.extend_from_slice(chunk.bytes);
                 MemoryChunk {
                     offset: chunk.offset,
@@ -336,6 +339,29 @@ impl SnapshotView<'_> {
         target.rng.clone_from(&self.rng);
         target.limits = self.limits;
     }
+}
+
+/// Buffers from this size on are allocated on huge pages. It is glibc's largest threshold for
+/// serving an allocation from its own mapping, so the advice goes away with the buffer instead
+/// of staying on the heap.
+pub(crate) const HUGE_BUFFERS_FROM: usize = 32 << 20;
+
+/// Asks for huge pages under `[ptr, ptr + len)` (`huge`), or for none from now on (see
+/// `sys::advise_huge_pages`); nothing off Linux.
+pub(crate) fn advise_huge_pages(ptr: *const u8, len: usize, huge: bool) {
+    #[cfg(target_os = "linux")]
+    crate::sys::advise_huge_pages(ptr, len, huge);
+    #[cfg(not(target_os = "linux"))]
+    let _ = (ptr, len, huge);
+}
+
+/// An empty buffer with room for `capacity` bytes, on huge pages if it is large.
+pub(crate) fn fresh_buffer(capacity: usize) -> Vec<u8> {
+    let bytes = Vec::with_capacity(capacity);
+    if capacity >= HUGE_BUFFERS_FROM {
+        advise_huge_pages(bytes.as_ptr(), bytes.capacity(), true);
+    }
+    bytes
 }
 
 /// Granularity at which all-zero memory is left out of snapshots: the host's 4 KiB page, finer

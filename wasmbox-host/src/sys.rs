@@ -1,6 +1,7 @@
 //! Raw system calls, Linux only. **The only module that makes them**: the kernel's write
 //! tracking — userfaultfd in asynchronous write-protect mode plus the `PAGEMAP_SCAN` ioctl
-//! (Linux ≥ 6.7) — and `syncfs`, which durable boxes use for group commit.
+//! (Linux ≥ 6.7) — `syncfs`, which durable boxes use for group commit, and `madvise` for huge
+//! pages under large fresh buffers.
 //!
 //! A tracked range is registered with one process-wide userfaultfd in write-protect mode and
 //! write-protected. With `UFFD_FEATURE_WP_ASYNC` a write to a protected page never blocks and
@@ -30,6 +31,28 @@ const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
 const PAGE_IS_WRITTEN: u64 = 1 << 1;
 const PAGE_IS_PRESENT: u64 = 1 << 3;
 const PAGE_IS_SWAPPED: u64 = 1 << 4;
+
+/// With `huge`, asks the kernel to back the whole pages of `[ptr, ptr + len)` with transparent
+/// huge pages when they are first touched (`MADV_HUGEPAGE`): a fresh 64 MiB buffer then costs
+/// 32 faults instead of 16,384 (each 2–3 µs on this kind of VM). Without, asks it not to for
+/// pages touched from now on (`MADV_NOHUGEPAGE`; huge pages already there stay). Advice only:
+/// nothing happens where the kernel cannot or will not.
+pub(crate) fn advise_huge_pages(ptr: *const u8, len: usize, huge: bool) {
+    const PAGE: usize = 4096;
+    let start = (ptr as usize).next_multiple_of(PAGE);
+    let end = (ptr as usize + len) & !(PAGE - 1);
+    let advice = if huge {
+        libc::MADV_HUGEPAGE
+    } else {
+        libc::MADV_NOHUGEPAGE
+    };
+    if end > start {
+        // SAFETY: these two pieces of advice change how the kernel backs the range, never its
+        // contents or its mapping, and the range lies within memory the caller owns (a live
+        // allocation or a box's linear memory); the kernel checks the range itself.
+        let _ = unsafe { libc::madvise(start as *mut libc::c_void, end - start, advice) };
+    }
+}
 
 /// Makes everything written to the file system that holds `file` durable, in one call:
 /// `syncfs(2)`. A group commit of many boxes' journals costs one of these instead of one

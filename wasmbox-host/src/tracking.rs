@@ -81,6 +81,12 @@ impl Blocks {
         }
     }
 
+    pub fn contains(&self, block: usize) -> bool {
+        self.words
+            .get(block / 64)
+            .is_some_and(|w| w & (1 << (block % 64)) != 0)
+    }
+
     pub fn union(&mut self, other: &Blocks) {
         if other.words.len() > self.words.len() {
             self.words.resize(other.words.len(), 0);
@@ -301,6 +307,24 @@ impl Tracker {
                     }
                 }
                 Ok(())
+            }
+        }
+    }
+
+    /// Adds to `touched` every block of `memory` the kernel has given a page (or swapped out)
+    /// — a superset of the blocks that are not zero, outside a module's or template's image —
+    /// and returns `true`; returns `false` where the kernel cannot say (hash tracking).
+    pub fn touched(&self, memory: &[u8], touched: &mut Blocks) -> bool {
+        match &self.method {
+            #[cfg(target_os = "linux")]
+            Method::Kernel { kernel, .. } => kernel
+                .touched(memory.as_ptr() as usize, memory.len(), |s, e| {
+                    touched.insert_range(s / BLOCK..e.div_ceil(BLOCK));
+                })
+                .is_ok(),
+            Method::Hash { .. } => {
+                let _ = (memory, touched);
+                false
             }
         }
     }

@@ -409,6 +409,64 @@ fn accept_sparse_memory_snapshots_by_content() -> Result<()> {
     Ok(())
 }
 
+/// A restore into a healthy box whose memory is not larger than the snapshot's replaces its
+/// state in place; the box must then be exactly what a fresh box restored from the same
+/// snapshot is: same snapshot bytes, same answers, same state after more messages. Covered:
+/// memory the box wrote after the snapshot that the snapshot holds as zeros, growth in place,
+/// the clock, and a box whose memory is larger (which takes a fresh instance).
+#[test]
+fn accept_restore_in_place_equals_a_fresh_restore() -> Result<()> {
+    let module = WasmBoxModule::from_file(guest("memory"))?;
+    let builder = || WasmBoxHost::<Request, Summary>::builder(&module);
+    let (cb, host_out) = collector::<Summary>();
+    let mut host = builder().build(cb)?;
+    host.message(&Request::Grow { mib: 6, seed: 1 })?;
+    host.message(&Request::Clear)?;
+    host.message(&Request::Grow { mib: 2, seed: 2 })?;
+    let earlier = host.snapshot_state()?;
+    // After the snapshot: other bytes everywhere, the clock moved, no growth.
+    host.message(&Request::Clear)?;
+    host.message(&Request::Grow { mib: 3, seed: 3 })?;
+    host.set_time(1_900_000_000_000);
+    let pages = host.memory_size();
+    host.restore_snapshot(&earlier)?;
+    assert_eq!(host.memory_size(), pages, "restored in place: same memory");
+    let (cb, fresh_out) = collector::<Summary>();
+    let mut fresh = builder().restore(&earlier, cb)?;
+    assert_state_eq(&host.snapshot_state()?, &earlier, "in place, right after");
+    // A small box grown in place, and the two compared over more messages.
+    let (cb, small_out) = collector::<Summary>();
+    let mut small = builder().build(cb)?;
+    small.restore_snapshot(&earlier)?;
+    take(&host_out);
+    for request in [
+        Request::Sum,
+        Request::Grow { mib: 1, seed: 4 },
+        Request::Clear,
+        Request::Sum,
+    ] {
+        for b in [&mut host, &mut fresh, &mut small] {
+            b.message(&request)?;
+        }
+        let expected = fresh.snapshot_state()?;
+        assert!(host.snapshot_state()? == expected, "{request:?}: in place");
+        assert!(
+            small.snapshot_state()? == expected,
+            "{request:?}: grown in place"
+        );
+    }
+    let answers = take(&fresh_out);
+    assert_eq!(answers.len(), 4);
+    assert_eq!(take(&host_out), answers);
+    assert_eq!(take(&small_out), answers);
+    // A box with more memory than the snapshot's gets a fresh instance of the right size.
+    let mut big = builder().build(|_| {})?;
+    big.message(&Request::Grow { mib: 16, seed: 5 })?;
+    big.restore_snapshot(&earlier)?;
+    assert_state_eq(&big.snapshot_state()?, &earlier, "bigger box");
+    Ok(())
+}
+
 /// A hand-written guest whose state lives in a non-exported mutable global: each message adds
 /// one to it and sends its value (a bincode u8 is the byte itself).
 const GLOBAL_GUEST: &str = r#"
