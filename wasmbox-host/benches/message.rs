@@ -18,7 +18,7 @@ use common::{bench, fmt_ns, report_abs, report_info, say, timed};
 use criterion::Criterion;
 use std::hint::black_box;
 use std::time::Duration;
-use wasmbox_host::{WasmBoxHost, WasmBoxModule};
+use wasmbox_host::{Error, Limits, WasmBoxHost, WasmBoxModule};
 use wasmtime::{Config, Engine, Instance, Module, Store, TypedFunc};
 
 const SAMPLES: usize = 20;
@@ -40,20 +40,27 @@ fn bare_call(config: &Config) -> (Store<()>, TypedFunc<u32, u32>) {
 }
 
 /// The least fuel — about the number of wasm instructions — with which the guest handles
-/// `text`, found by bisection. Each try restores a snapshot of a warmed box with only its fuel
-/// limit changed, so it counts the first message after a restore, which also runs the guest's
+/// `text`, found by bisection. Each try restores a snapshot of a warmed box into a box whose
+/// host gives it only that much fuel (a box runs under its host's limits, never a snapshot's),
+/// so it counts the first message after a restore, which also runs the guest's
 /// `input_buffer` export once.
 fn guest_fuel(module: &WasmBoxModule, text: &str) -> u64 {
     let mut warm = WasmBoxHost::<String, String>::new(module, |_: String| {}).expect("box");
     warm.message(text).expect("message");
     let base = warm.snapshot_state().expect("snapshot");
     let enough = |fuel: u64| {
-        let mut snap = base.clone();
-        snap.limits.fuel_per_message = Some(fuel);
         let mut b = WasmBoxHost::<String, String>::builder(module)
-            .restore(&snap, |_: String| {})
+            .limits(Limits {
+                fuel_per_message: Some(fuel),
+                ..Limits::default()
+            })
+            .restore(&base, |_: String| {})
             .expect("restore");
-        b.message(text).is_ok()
+        match b.message(text) {
+            Ok(()) => true,
+            Err(Error::LimitExceeded { .. }) => false,
+            Err(e) => panic!("the message failed otherwise: {e}"),
+        }
     };
     let (mut lo, mut hi) = (0u64, 1u64 << 10);
     while !enough(hi) {

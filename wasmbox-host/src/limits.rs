@@ -68,8 +68,17 @@ impl Limits {
     pub(crate) fn deadline_ticks(&self) -> u64 {
         const NEVER: u64 = u64::MAX / 2;
         match self.deadline_per_message {
-            Some(d) => u64::try_from(d.as_nanos() / EPOCH_TICK.as_nanos())
-                .map_or(NEVER, |t| t.saturating_add(1).min(NEVER)),
+            // In u64 arithmetic (this runs before every guest call): whole seconds, then the
+            // rest, as a tick divides a second.
+            Some(d) => {
+                const TICK_NANOS: u64 = EPOCH_TICK.as_nanos() as u64;
+                const PER_SECOND: u64 = 1_000_000_000 / TICK_NANOS;
+                d.as_secs()
+                    .saturating_mul(PER_SECOND)
+                    .saturating_add(u64::from(d.subsec_nanos()) / TICK_NANOS)
+                    .saturating_add(1)
+                    .min(NEVER)
+            }
             None => NEVER,
         }
     }
@@ -93,6 +102,24 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(ms.deadline_ticks(), 11);
+        // The same as the exact division, for durations around tick and second boundaries.
+        for nanos in [
+            0u64,
+            1,
+            4_999_999,
+            5_000_000,
+            999_999_999,
+            1_000_000_000,
+            7_123_456_789,
+        ] {
+            let d = Duration::from_nanos(nanos);
+            let limits = Limits {
+                deadline_per_message: Some(d),
+                ..Limits::default()
+            };
+            let exact = (d.as_nanos() / EPOCH_TICK.as_nanos()) as u64 + 1;
+            assert_eq!(limits.deadline_ticks(), exact, "{d:?}");
+        }
     }
 }
 

@@ -147,7 +147,7 @@ impl<In, Out: DeserializeOwned> WasmBoxHost<In, Out> {
     pub(crate) fn deliver_outputs(&mut self) -> Result<(), Error> {
         let mut outbox = std::mem::take(&mut self.live.store.data_mut().outbox);
         let mut result = Ok(());
-        for bytes in &outbox {
+        for bytes in outbox.iter() {
             match decode::<Out>(self.options.codec, bytes) {
                 Ok(output) => (self.callback)(output),
                 Err(e) => {

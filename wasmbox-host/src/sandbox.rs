@@ -106,7 +106,7 @@ pub(crate) struct BoxState {
     /// The guest's memory, once the instance exists.
     pub memory: Option<Memory>,
     /// Encoded outputs sent during the current call, in order.
-    pub outbox: Vec<Vec<u8>>,
+    pub outbox: Outbox,
     /// Largest output the guest may send, in bytes.
     pub max_output: u64,
     /// Set by the guest's panic hook before it traps.
@@ -115,6 +115,32 @@ pub(crate) struct BoxState {
     pub reject_reason: Option<String>,
     /// Set when a host function refuses what the guest asked and traps it.
     pub abi_violation: Option<Error>,
+}
+
+/// The encoded outputs of a call, in order, in one buffer: once it has grown, a call's
+/// outputs cost no allocation.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Outbox {
+    pub fn push(&mut self, output: &[u8]) {
+        self.bytes.extend_from_slice(output);
+        self.ends.push(self.bytes.len());
+    }
+
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
+    /// The outputs, in the order they were sent.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(&self.ends).map(|(s, &e)| &self.bytes[s..e])
+    }
 }
 
 impl BoxState {
@@ -128,7 +154,7 @@ impl BoxState {
                 hit: false,
             },
             memory: None,
-            outbox: Vec::new(),
+            outbox: Outbox::default(),
             max_output: limits.max_message_bytes,
             panic_message: None,
             reject_reason: None,
@@ -278,17 +304,26 @@ pub(crate) fn add_to_linker(linker: &mut Linker<BoxState>) -> wasmtime::Result<(
                     },
                 ));
             }
-            let bytes = match read_guest(&mut caller, ptr, len) {
-                Some(bytes) => bytes.to_vec(),
+            let Some(memory) = caller.data().memory else {
+                return Err(violation(
+                    &mut caller,
+                    Error::GuestAbi("send before the memory exists".into()),
+                ));
+            };
+            let (data, state) = memory.data_and_store_mut(&mut caller);
+            let (start, len) = (ptr as usize, len as usize);
+            match data.get(start..start.saturating_add(len)) {
+                Some(bytes) => {
+                    state.outbox.push(bytes);
+                    Ok(())
+                }
                 None => {
                     let e = Error::GuestAbi(format!(
                         "send({ptr:#x}, {len}) points outside the guest's memory"
                     ));
-                    return Err(violation(&mut caller, e));
+                    Err(violation(&mut caller, e))
                 }
-            };
-            caller.data_mut().outbox.push(bytes);
-            Ok(())
+            }
         },
     )?;
     linker.func_wrap(

@@ -134,10 +134,16 @@ impl Status {
 /// The bincode options used for every message in both directions.
 ///
 /// `limit` is the largest number of bytes a decode may consume (and so allocate); encoders
-/// pass `u64::MAX`.
+/// pass `u64::MAX` (or use [`encoder`]).
 pub fn options(limit: u64) -> impl bincode::Options + Copy {
     use bincode::Options as _;
     bincode::DefaultOptions::new().with_limit(limit)
+}
+
+/// The options of [`options`] without a limit, for encoding messages: the same bytes, without
+/// the pass that measures a value before writing it (which only a limit needs).
+fn encoder() -> impl bincode::Options + Copy {
+    bincode::DefaultOptions::new()
 }
 
 /// Encode a value as a WasmBox message.
@@ -146,7 +152,7 @@ pub fn options(limit: u64) -> impl bincode::Options + Copy {
 /// Fails only if the value's `Serialize` implementation fails.
 pub fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, bincode::Error> {
     use bincode::Options as _;
-    options(u64::MAX).serialize(value)
+    encoder().serialize(value)
 }
 
 /// Encode a value as a WasmBox message into `buf`, which is cleared first.
@@ -159,7 +165,7 @@ pub fn encode_into<T: serde::Serialize + ?Sized>(
 ) -> Result<(), bincode::Error> {
     use bincode::Options as _;
     buf.clear();
-    options(u64::MAX).serialize_into(buf, value)
+    encoder().serialize_into(buf, value)
 }
 
 /// Decode a WasmBox message, consuming exactly all of `bytes`.
