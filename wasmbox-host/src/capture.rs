@@ -76,10 +76,10 @@ pub(crate) fn capture<'a>(
 /// byte ranges — the same runs [`nonzero_ranges`] finds in the whole memory — which then become
 /// `nonzero`, exactly. The tracker must have reported every write.
 fn candidate_runs(live: &mut Live) -> Vec<std::ops::Range<usize>> {
+    let mut candidates = live.changed.clone();
+    candidates.union(live.nonzero());
     let data = live.memory.data(&live.store);
     let blocks = data.len() / BLOCK;
-    let mut candidates = live.changed.clone();
-    candidates.union(&live.nonzero);
     let mut found = Blocks::default();
     let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
     for run in candidates.runs() {
@@ -95,7 +95,7 @@ fn candidate_runs(live: &mut Live) -> Vec<std::ops::Range<usize>> {
             }
         }
     }
-    live.nonzero = found;
+    *live.nonzero() = found;
     runs
 }
 

@@ -46,7 +46,10 @@ pub(crate) struct Live {
     pub changed: Blocks,
     /// Blocks that may be non-zero: every block outside `nonzero`, `changed` and what the
     /// tracker has not reported yet is zero. A capture reads only these (see `capture.rs`).
-    pub nonzero: Blocks,
+    /// Read it through [`Live::nonzero`] (while `untracked_writes` is set it is incomplete).
+    nonzero: Blocks,
+    /// Guest code ran before the tracker started, and `nonzero` does not count its writes yet.
+    untracked_writes: bool,
     /// The id of the current state.
     pub id: SnapshotId,
     /// The id of the last captured or restored state: the parent of the next delta.
@@ -153,6 +156,7 @@ impl Live {
             tracker: Tracker::new(options.change_tracking)?,
             changed: Blocks::default(),
             nonzero,
+            untracked_writes: false,
             id: SnapshotId::new_box(
                 &inner.fingerprint,
                 options.seed,
@@ -189,6 +193,7 @@ impl Live {
 
     /// Asks the tracker which blocks were written since it was last asked, into `changed`.
     pub fn collect_changes(&mut self) -> Result<(), Error> {
+        self.settle_nonzero();
         let data = self.memory.data(&self.store);
         self.tracker.collect(data, &mut self.changed)
     }
@@ -196,18 +201,37 @@ impl Live {
     /// Makes the current state the baseline of the next delta: called by every capture that
     /// gives the caller a snapshot of this box, and by every restore.
     pub fn mark_captured(&mut self) {
+        // (Not settled: this only adds to it.)
         self.nonzero.union(&self.changed);
         self.changed.clear();
         self.baseline = self.id;
     }
 
     /// After guest code ran without the tracker (the guest's init): any block it touched may
-    /// be non-zero — those the kernel has given a page, or every block where it cannot say.
+    /// be non-zero. Which ones is asked of the kernel only when needed ([`Live::settle_nonzero`]),
+    /// so that making a box does not pay for it.
     pub fn forget_nonzero(&mut self) {
-        let data = self.memory.data(&self.store);
-        if !self.tracker.touched(data, &mut self.nonzero) {
-            self.nonzero.insert_range(0..data.len() / BLOCK);
+        self.untracked_writes = true;
+    }
+
+    /// Adds to `nonzero` what guest code may have written before the tracker started: the
+    /// blocks the kernel has given a page, or every block where it cannot say. Must run before
+    /// the tracker is armed (its write-protection marks untouched pages too) — so at its
+    /// first collection — or before `nonzero` is read.
+    fn settle_nonzero(&mut self) {
+        if std::mem::take(&mut self.untracked_writes) {
+            let data = self.memory.data(&self.store);
+            if self.tracker.is_armed() || !self.tracker.touched(data, &mut self.nonzero) {
+                self.nonzero.insert_range(0..data.len() / BLOCK);
+            }
         }
+    }
+
+    /// The blocks that may be non-zero, apart from `changed` and what the tracker has not
+    /// reported yet (see the field).
+    pub fn nonzero(&mut self) -> &mut Blocks {
+        self.settle_nonzero();
+        &mut self.nonzero
     }
 
     /// Gives the box this clock and generator: the one place where they are installed.
@@ -260,6 +284,8 @@ impl Live {
     /// # Errors
     /// If the memory cannot grow (nothing is changed then) or a chunk lies outside it.
     pub fn load_memory(&mut self, image: &MemoryView<'_>) -> Result<(), Error> {
+        // Before the memory grows: the kernel's answer covers the current memory.
+        self.settle_nonzero();
         let current_pages = self.memory.size(&self.store);
         if image.pages > current_pages {
             self.memory

@@ -1,7 +1,10 @@
 //! Restore: the one routine that builds a box's instance from a saved state. Every way of
 //! restoring goes through [`restore`] — a snapshot value, a file, the builder, a template, a
-//! fork, the rollback of a message that grew the memory — and every caller swaps the instance it returns in only once it
-//! succeeded, so an error leaves the box as it was.
+//! fork, the rollback of a message that grew the memory — and every caller swaps the instance
+//! it returns in only once it succeeded, so an error leaves the box as it was. A snapshot
+//! restored into an existing healthy box may instead be written into its instance in place
+//! ([`restore_in_place`]), which checks everything before it changes anything, and shares the
+//! memory loading with [`restore`].
 //!
 //! The rule for limits is simple: **the host's limits, always**. The instance is made under the
 //! limits of the box being restored into (its builder's); the limits a snapshot records are
@@ -51,7 +54,7 @@ pub(crate) fn restore(
             }
             check_pages(module, Some(&options.limits), t.pages)?;
             let mut live = Live::instantiate(module, &t.pre, options)?;
-            live.nonzero.clone_from(&t.nonzero);
+            live.nonzero().clone_from(&t.nonzero);
             (live, t.clock, t.rng.clone(), t.id)
         }
     };
