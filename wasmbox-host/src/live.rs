@@ -215,9 +215,10 @@ impl Live {
     }
 
     /// Adds to `nonzero` what guest code may have written before the tracker started: the
-    /// blocks the kernel has given a page, or every block where it cannot say. Must run before
-    /// the tracker is armed (its write-protection marks untouched pages too) — so at its
-    /// first collection — or before `nonzero` is read.
+    /// blocks the kernel has given a page, or every block where it cannot say. (An absent page
+    /// of the module's image holds the image's bytes, not zeros, but those blocks are in
+    /// `nonzero` from the start.) Must run before the tracker is armed (its write-protection
+    /// marks untouched pages too) — so at its first collection — or before `nonzero` is read.
     fn settle_nonzero(&mut self) {
         if std::mem::take(&mut self.untracked_writes) {
             let data = self.memory.data(&self.store);
