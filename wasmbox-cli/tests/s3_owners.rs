@@ -286,8 +286,20 @@ fn accept_a_server_killed_mid_run_loses_nothing_acknowledged() -> Result<()> {
     );
     ensure!(err.contains("error"), "the failure is reported: {err}");
     server.restart()?;
-    let mut b = start(&module, &url, &["--wait", "60"])?;
-    let value = b.up()?.context("B answers")?;
+    // A server just restarted after SIGKILL may fail requests for a moment while it loads its
+    // volumes, longer than a 2 s lease's retry budget: B, which then exits with the store's
+    // error, is started again until it answers (at most 30 s). What it answers is the test.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (b, value) = loop {
+        let mut b = start(&module, &url, &["--wait", "60"])?;
+        if let Some(value) = b.up()? {
+            break (b, value);
+        }
+        let (_, _, err) = b.finish()?;
+        ensure!(Instant::now() < deadline, "B never answered: {err}");
+        eprintln!("B exited without answering, starting it again: {err}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
     // Nothing acknowledged is lost; the failed ones were not applied (their parts never
     // reached the server, so no head names them).
     ensure!(
