@@ -11,6 +11,7 @@ use crate::live::Live;
 use crate::module::WasmBoxModule;
 use crate::snapshot::{
     ChunkView, FORMAT_VERSION, MemoryChunk, MemoryView, SnapshotView, is_zero, nonzero_ranges,
+    nonzero_ranges_among,
 };
 use crate::tracking::{BLOCK, Blocks, ChangeTracking};
 
@@ -78,24 +79,8 @@ pub(crate) fn capture<'a>(
 fn candidate_runs(live: &mut Live) -> Vec<std::ops::Range<usize>> {
     let mut candidates = live.changed.clone();
     candidates.union(live.nonzero());
-    let data = live.memory.data(&live.store);
-    let blocks = data.len() / BLOCK;
-    let mut found = Blocks::default();
-    let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
-    for run in candidates.runs() {
-        for block in run.start.min(blocks)..run.end.min(blocks) {
-            let range = block * BLOCK..(block + 1) * BLOCK;
-            if is_zero(&data[range.clone()]) {
-                continue;
-            }
-            found.insert(block);
-            match runs.last_mut() {
-                Some(r) if r.end == range.start => r.end = range.end,
-                _ => runs.push(range),
-            }
-        }
-    }
-    *live.nonzero() = found;
+    let runs = nonzero_ranges_among(live.memory.data(&live.store), candidates.iter());
+    *live.nonzero() = Blocks::covering(runs.iter().map(|r| r.start as u64..r.end as u64));
     runs
 }
 

@@ -393,12 +393,24 @@ pub(crate) fn nonzero_runs(memory: &[u8]) -> Vec<ChunkView<'_>> {
 
 /// The byte ranges of [`nonzero_runs`].
 pub(crate) fn nonzero_ranges(memory: &[u8]) -> Vec<std::ops::Range<usize>> {
+    nonzero_ranges_among(memory, 0..memory.len().div_ceil(ZERO_BLOCK))
+}
+
+/// The same runs among the given blocks only (ascending; those past the memory's end are
+/// ignored): the others are known to be zero.
+pub(crate) fn nonzero_ranges_among(
+    memory: &[u8],
+    blocks: impl IntoIterator<Item = usize>,
+) -> Vec<std::ops::Range<usize>> {
     let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
-    for (i, block) in memory.chunks(ZERO_BLOCK).enumerate() {
-        if is_zero(block) {
+    for i in blocks {
+        let start = i * ZERO_BLOCK;
+        let Some(block) = memory.get(start..memory.len().min(start + ZERO_BLOCK)) else {
+            break;
+        };
+        if block.is_empty() || is_zero(block) {
             continue;
         }
-        let start = i * ZERO_BLOCK;
         match runs.last_mut() {
             Some(r) if r.end == start => r.end += block.len(),
             _ => runs.push(start..start + block.len()),
